@@ -1,0 +1,35 @@
+# Two entry points for a new user: `make demo` and `make test`. Both create/use the local venv .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RT_VENV ?= .venv-runtime
+
+.PHONY: demo test test-py runtime-only clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/edgeseg demo --out out/demo --bundle engines/lseg_toy
+
+# The test suite, then the runtime in a venv that has only the `runtime` extra (no torch).
+test: test-py runtime-only
+
+test-py: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+runtime-only: $(VENV)/.installed
+	$(VENV)/bin/edgeseg export lseg lseg_toy --out engines/lseg_toy
+	$(PYTHON) -m venv $(RT_VENV)
+	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RT_VENV)/bin/python -m pip install -q ".[runtime]"
+	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch must not be installed' if u.find_spec('torch') else 0)"
+	$(VENV)/bin/edgeseg toyworld --split seen --seed 3 --n 1 --out out/runtime-only
+	cd out && ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/lseg_toy --out runtime-only/overlay.png --cache-dir runtime-only/cache
+	@echo "runtime-only: 1 passed, 0 failed"
+
+clean:
+	rm -rf $(VENV) $(RT_VENV) out build *.egg-info

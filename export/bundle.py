@@ -1,0 +1,186 @@
+"""Checkpoint -> bundle: one ONNX file per component, tokenizer.json and the manifest the runtime trusts.
+
+A bundle folder is written under a temporary name and renamed into place when complete, so a failed or
+interrupted export never leaves a half-written bundle where the runtime would load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgeseg import __version__
+from edgeseg.train.checkpoint import resolve_checkpoint, sha256_file
+
+from . import clip_image, clip_text, lseg_encoder, lseg_head
+from .spec import ComponentSpec
+from .tokenizer import build_clip_tokenizer_json
+
+MANIFEST = "manifest.json"
+FORMAT, FORMAT_VERSION = "edgeseg-bundle", 1
+COMPONENTS = {  # every exportable component: name -> module holding its wrapper and spec
+    clip_text.NAME: clip_text,
+    clip_image.NAME: clip_image,
+    lseg_encoder.NAME: lseg_encoder,
+    lseg_head.NAME: lseg_head,
+}
+
+
+def _lseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
+    from edgeseg.train.train_lseg import load_lseg
+
+    lseg, clip, cfg = load_lseg(checkpoint)
+    size = tuple(cfg["preprocessing"]["image_size"])
+    ctx, dim = cfg["tokenizer"]["context_length"], lseg.embed_dim
+    comps = {
+        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
+        lseg_encoder.NAME: (lseg_encoder.LSegEncoderWrapper(lseg), lseg_encoder.spec(size, dim)),
+        lseg_head.NAME: (lseg_head.LSegHeadWrapper(lseg), lseg_head.spec(size, dim)),
+    }
+    info = {"preprocessing": cfg["preprocessing"], "context_length": ctx,
+            "method_config": {"temperature": lseg.config.temperature, "template": cfg["text_encoder"]["template"],
+                              "labels_trained": cfg.get("labels_trained", []), "architecture": cfg["architecture"]},
+            "metrics": cfg.get("metrics", {})}
+    return comps, info
+
+
+def _clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
+    """A CLIP checkpoint folder, or ``ViT-B-16[:/path/to/open_clip.pt]`` (random init without a path)."""
+    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, list_models, load_clip
+
+    name, _, weights = str(checkpoint).partition(":")
+    if name in list_models():
+        clip, arch = create_clip(name, weights or None), name
+    else:
+        clip, cfg = load_clip(checkpoint)
+        arch = cfg["architecture"]["name"]
+    ccfg = clip_config(arch)
+    prep = clip_preprocessing(arch, clip)
+    ctx, dim = ccfg["text_cfg"]["context_length"], ccfg["embed_dim"]
+    comps = {
+        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
+        clip_image.NAME: (clip_image.ClipImageWrapper(clip.visual),
+                          clip_image.spec(tuple(prep["image_size"]), tuple(clip.visual.grid_size), dim)),
+    }
+    return comps, {"preprocessing": prep, "context_length": ctx, "method_config": {"architecture": arch,
+                                                                                 "template": "{}"}}
+
+
+METHODS: dict[str, Callable] = {"lseg": _lseg_components, "clip": _clip_components}
+
+
+def build_components(method: str, checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
+    """Torch wrappers + specs of every component of ``method``: shared by export and verify."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; exportable: {sorted(METHODS)}")
+    return METHODS[method](checkpoint)
+
+
+def example_inputs(name: str, spec: ComponentSpec, which: str = "opt", batch: int | None = None,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs for export and parity: valid token ids for text, unit-norm embeddings for the LSeg head."""
+    g = torch.Generator().manual_seed(seed)
+    if name == clip_text.NAME:
+        shape = getattr(spec.inputs[0], which)
+        return (clip_text.example_ids(shape[1], batch or shape[0]),)
+    xs = list(spec.example_inputs(which, g))
+    if batch is not None:
+        xs = [x[:1].expand(batch, *x.shape[1:]).clone() if x.dim() == 4 else x for x in xs]
+    if name == lseg_head.NAME:
+        xs = [torch.nn.functional.normalize(x, dim=1 if x.dim() == 4 else -1) for x in xs]
+    return tuple(xs)
+
+
+def export_component(wrapper: nn.Module, spec: ComponentSpec, path: Path) -> None:
+    """Legacy TorchScript exporter (fast; the MHA fast path is switched off so ``nn.MultiheadAttention``
+    traces into plain ops), dynamic axes from the spec, example batch of 2 so no axis freezes at 1."""
+    wrapper.eval()
+    name = path.stem
+    args = example_inputs(name, spec, "opt", batch=2)
+    with torch.no_grad(), _mha_fastpath(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, args, str(path), input_names=[t.name for t in spec.inputs],
+                          output_names=[t.name for t in spec.outputs], dynamic_axes=spec.dynamic_axes(),
+                          opset_version=spec.opset, dynamo=False, do_constant_folding=True)
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import open_clip
+
+    return {"edgeseg": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "open_clip": open_clip.__version__,
+            "python": platform.python_version()}
+
+
+def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress: bool = True) -> Path:
+    """Export every component of ``method`` from ``checkpoint`` into the bundle folder ``out``."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    comps, info = build_components(method, checkpoint)
+    ckpt_name = str(checkpoint)
+    try:
+        folder = resolve_checkpoint(checkpoint)
+        source = {"checkpoint": str(folder), "weights_sha256": sha256_file(folder / "model.safetensors")}
+    except FileNotFoundError:
+        path = ckpt_name.partition(":")[2]
+        source = {"checkpoint": ckpt_name, "weights_sha256": sha256_file(path) if path else None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        manifest_components = {}
+        for name, (wrapper, spec) in tqdm(comps.items(), desc=f"export {method}", disable=not progress):
+            file = tmp / f"{name}.onnx"
+            export_component(wrapper, spec, file)
+            manifest_components[name] = {"file": file.name, "sha256": sha256_file(file), "precision": "fp32",
+                                         "exporter": "torch.onnx (TorchScript)", **spec.to_dict()}
+        tok = build_clip_tokenizer_json(tmp / "tokenizer.json", info["context_length"])
+        tok["sha256"] = sha256_file(tmp / "tokenizer.json")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "name": out.name, "method": method,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source, "versions": _versions(), "preprocessing": info["preprocessing"],
+            "tokenizer": tok, "method_config": info["method_config"],
+            "checkpoint_metrics": info.get("metrics", {}), "components": manifest_components,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move ``new`` to ``dest``; an existing ``dest`` is swapped out first and removed only after."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

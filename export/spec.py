@@ -1,0 +1,57 @@
+"""I/O specs: names, dtypes and min/opt/max shapes, declared once per component.
+
+One :class:`ComponentSpec` feeds the ONNX export (input/output names, dynamic axes, example inputs), the
+manifest the runtime trusts, and TensorRT optimization profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]  # ints are fixed; strings name a dynamic axis
+    min: tuple[int, ...] = ()
+    opt: tuple[int, ...] = ()
+    max: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.min:
+            d.update(min=list(self.min), opt=list(self.opt), max=list(self.max))
+        return d
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int = 17
+    description: str = ""
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in self.inputs + self.outputs}
+
+    def example_inputs(self, which: str = "opt", generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """Random inputs at the min/opt/max shapes (int64 inputs: ids in [1, 1000))."""
+        out = []
+        for t in self.inputs:
+            shape = getattr(t, which)
+            if t.dtype == "int64":
+                out.append(torch.randint(1, 1000, shape, generator=generator))
+            else:
+                out.append(torch.randn(shape, generator=generator, dtype=DTYPES[t.dtype]))
+        return tuple(out)
+
+    def to_dict(self) -> dict:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+                "opset": self.opset, "description": self.description}

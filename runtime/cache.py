@@ -1,0 +1,297 @@
+"""Two-level (memory LRU + disk) cache for text embeddings.
+
+Text encoders are the slowest part of open-vocabulary segmentation at the
+edge, yet the label set rarely changes between frames.  `TextEmbeddingCache`
+keeps one float32 vector of dim D per (encoder, template, text) triple:
+
+* in memory, in an LRU of ``capacity`` entries;
+* optionally on disk, one small checksummed file per entry, written atomically,
+  so a restarted process starts warm.
+
+numpy + stdlib only: this module belongs to the slim runtime, which never
+depends on the training stack (no deep-learning framework imports).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import string
+import struct
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["TextEmbeddingCache"]
+
+MAGIC = b"EDGEEMB1"
+_HEADER = struct.Struct("<IB3x")  # dim (uint32), dtype code (uint8), 3 pad bytes
+_DTYPE_F32 = 1  # the only dtype code written today: little-endian float32
+_PREFIX_LEN = len(MAGIC) + _HEADER.size + 32  # magic + header + sha256(payload)
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _check_template(template: object) -> None:
+    """Require exactly one bare ``{}`` field (``{{``/``}}`` escapes allowed)."""
+    if not isinstance(template, str):
+        raise ValueError(f"template must be a str containing '{{}}', got {type(template).__name__}")
+    try:
+        fields = [f for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
+    if len(fields) != 1 or fields[0][1:] != ("", "", None):
+        raise ValueError(
+            f"template {template!r} must contain exactly one '{{}}' placeholder "
+            f"(found {len(fields)} field(s)); e.g. 'a photo of a {{}}.'")
+
+
+def _check_texts(texts: object) -> list[str]:
+    """Return ``texts`` as a list, or raise ValueError naming the bad item."""
+    if isinstance(texts, str):
+        raise ValueError(f"texts must be a list of str, got a single str {texts!r}; wrap it: [{texts!r}]")
+    if not isinstance(texts, (list, tuple)):
+        raise ValueError(f"texts must be a list of str, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError("texts is empty; give at least one label")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"label {i} is not a str (got {type(t).__name__}: {t!r}); give a non-empty text")
+        if not t.strip():
+            raise ValueError(f"label {i} is empty ({t!r}); give a non-empty text")
+    return list(texts)
+
+
+class TextEmbeddingCache:
+    """Cache of text embeddings: N texts -> N x D float32 array.
+
+    Args:
+        encode_fn: maps a list of M already-formatted prompts to an (M, D)
+            float32 array.  Called at most once per :meth:`get`, with only the
+            deduplicated misses.
+        encoder_id: identity of the text encoder (e.g. sha256 of its ONNX file).
+            Part of every key, so entries of different encoders never mix.
+        cache_dir: root of the persistent store, or None for memory only.
+            Entries live at ``cache_dir/<encoder_id[:16]>/<key[:2]>/<key>.emb``.
+        capacity: number of entries kept in the in-memory LRU (0 disables it).
+
+    Statistics (see :attr:`stats`) count unique keys per call: a text repeated
+    inside one :meth:`get` is looked up and encoded once.  A corrupt disk entry
+    counts in both ``corrupt_recovered`` and ``misses``.
+    """
+
+    def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], encoder_id: str,
+                 cache_dir: str | Path | None = None, capacity: int = 4096) -> None:
+        if not callable(encode_fn):
+            raise ValueError("encode_fn must be callable: list[str] -> (N, D) float32 array")
+        if not isinstance(encoder_id, str) or not encoder_id:
+            raise ValueError("encoder_id must be a non-empty str (e.g. sha256 of the encoder file)")
+        if not set(encoder_id[:16]) <= _SAFE or encoder_id[:16].strip(".") == "":
+            raise ValueError(f"encoder_id {encoder_id!r} must start with file-name-safe characters "
+                             "[A-Za-z0-9._-] (a hex digest is ideal)")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+        self._encode_fn = encode_fn
+        self.encoder_id = encoder_id
+        self.capacity = capacity
+        self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._dim: int | None = None
+        self._lock = threading.RLock()
+        self._stats = dict(memory_hits=0, disk_hits=0, misses=0, corrupt_recovered=0, encoded=0)
+        self._write_warned = False
+        self._dir: Path | None = None
+        self._writable = False
+        if cache_dir is not None:
+            root = Path(cache_dir).expanduser()
+            if root.exists() and not root.is_dir():
+                raise ValueError(f"cache_dir {str(root)!r} exists but is not a directory; "
+                                 "give a directory path (or None for memory only)")
+            self._dir = root / encoder_id[:16]
+            try:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                self._writable = True
+            except OSError as exc:
+                self._warn_unwritable(exc, stacklevel=3)
+                self._dir = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: memory_hits, disk_hits, misses, corrupt_recovered, encoded."""
+        with self._lock:
+            return dict(self._stats)
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dim D, known after the first encode or valid disk read."""
+        return self._dim
+
+    def __len__(self) -> int:
+        """Number of entries held in memory."""
+        return len(self._mem)
+
+    def clear_memory(self) -> None:
+        """Drop every in-memory entry (the disk store is left untouched)."""
+        with self._lock:
+            self._mem.clear()
+
+    def get(self, texts: list[str], template: str = "{}") -> np.ndarray:
+        """Embeddings of ``texts`` formatted with ``template``.
+
+        Args:
+            texts: N non-empty labels, e.g. ``["cat", "dog"]``.
+            template: prompt with exactly one ``{}``, e.g. ``"a photo of a {}."``.
+
+        Returns:
+            (N, D) float32 array in the order of ``texts``; a fresh copy the
+            caller may mutate freely.
+        """
+        texts = _check_texts(texts)
+        _check_template(template)
+        with self._lock:
+            keys = [self._key(template, t) for t in texts]
+            found: dict[str, np.ndarray] = {}
+            misses: dict[str, str] = {}  # key -> text, insertion-ordered, deduplicated
+            for key, text in zip(keys, texts):
+                if key in found or key in misses:
+                    continue
+                vec = self._mem_get(key)
+                if vec is not None:
+                    self._stats["memory_hits"] += 1
+                    found[key] = vec
+                    continue
+                vec = self._disk_read(key)
+                if vec is not None:
+                    self._stats["disk_hits"] += 1
+                    self._mem_put(key, vec)
+                    found[key] = vec
+                    continue
+                self._stats["misses"] += 1
+                misses[key] = text
+            if misses:
+                found.update(self._encode(misses, template))
+            return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    # ---------------------------------------------------------------- internals
+    def _key(self, template: str, text: str) -> str:
+        """sha256 hex over length-prefixed (encoder_id, template, text)."""
+        h = hashlib.sha256()
+        for part in (self.encoder_id, template, text):
+            raw = part.encode("utf-8", "surrogatepass")
+            h.update(len(raw).to_bytes(8, "little"))
+            h.update(raw)
+        return h.hexdigest()
+
+    def _mem_get(self, key: str) -> np.ndarray | None:
+        vec = self._mem.get(key)
+        if vec is not None:
+            self._mem.move_to_end(key)
+        return vec
+
+    def _mem_put(self, key: str, vec: np.ndarray) -> None:
+        if self.capacity == 0:
+            return
+        self._mem[key] = vec
+        self._mem.move_to_end(key)
+        while len(self._mem) > self.capacity:
+            self._mem.popitem(last=False)
+
+    def _encode(self, misses: dict[str, str], template: str) -> dict[str, np.ndarray]:
+        """One batched encode_fn call; returns key -> read-only (D,) float32 vector."""
+        prompts = [template.format(t) for t in misses.values()]
+        out = self._encode_fn(prompts)
+        self._stats["encoded"] += len(prompts)
+        want = f"({len(prompts)}, {self._dim if self._dim is not None else 'D'}) float32"
+        if not isinstance(out, np.ndarray):
+            raise RuntimeError(f"encode_fn returned {type(out).__name__}; expected np.ndarray of shape {want}")
+        if (out.ndim != 2 or out.shape[0] != len(prompts) or out.shape[1] == 0
+                or (self._dim is not None and out.shape[1] != self._dim) or out.dtype != np.float32):
+            raise RuntimeError(f"encode_fn returned shape {tuple(out.shape)} dtype {out.dtype}; "
+                               f"expected shape {want} for {len(prompts)} prompt(s)")
+        self._dim = int(out.shape[1])
+        result: dict[str, np.ndarray] = {}
+        for key, row in zip(misses, out):
+            vec = np.array(row, dtype=np.float32, copy=True)
+            vec.setflags(write=False)
+            result[key] = vec
+            self._mem_put(key, vec)
+            self._disk_write(key, vec)
+        return result
+
+    def _path(self, key: str) -> Path:
+        assert self._dir is not None
+        return self._dir / key[:2] / f"{key}.emb"
+
+    def _disk_read(self, key: str) -> np.ndarray | None:
+        """Read and validate one entry; corrupt files are warned about and deleted."""
+        if self._dir is None:
+            return None
+        path = self._path(key)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            return None  # absent (the common case) or unreadable: a plain miss
+        problem = None
+        if len(blob) < _PREFIX_LEN or blob[:8] != MAGIC:
+            problem = "bad magic or truncated header"
+        else:
+            dim, code = _HEADER.unpack_from(blob, 8)
+            digest, payload = blob[8 + _HEADER.size:_PREFIX_LEN], blob[_PREFIX_LEN:]
+            if code != _DTYPE_F32:
+                problem = f"unknown dtype code {code}"
+            elif dim == 0 or (self._dim is not None and dim != self._dim):
+                problem = f"dim {dim}, expected {self._dim}"
+            elif len(payload) != 4 * dim:
+                problem = f"payload is {len(payload)} bytes, expected {4 * dim}"
+            elif hashlib.sha256(payload).digest() != digest:
+                problem = "checksum mismatch"
+        if problem is not None:
+            warnings.warn(f"corrupt text-embedding cache file {str(path)!r} ({problem}); "
+                          "deleting it and recomputing", RuntimeWarning, stacklevel=3)
+            self._stats["corrupt_recovered"] += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        vec = np.frombuffer(payload, dtype="<f4").astype(np.float32)  # own, writable copy
+        vec.setflags(write=False)
+        self._dim = int(dim)
+        return vec
+
+    def _disk_write(self, key: str, vec: np.ndarray) -> None:
+        """Atomic write: temp file in the same dir, flush + fsync, os.replace."""
+        if self._dir is None or not self._writable:
+            return
+        path = self._path(key)
+        payload = np.ascontiguousarray(vec, dtype="<f4").tobytes()
+        blob = MAGIC + _HEADER.pack(vec.shape[0], _DTYPE_F32) + hashlib.sha256(payload).digest() + payload
+        tmp_name = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp",
+                                             delete=False) as fh:
+                tmp_name = fh.name
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, path)
+            tmp_name = None
+        except OSError as exc:
+            self._writable = False
+            self._warn_unwritable(exc, stacklevel=5)
+        finally:
+            if tmp_name is not None:
+                try:
+                    os.unlink(tmp_name)
+                except OSError:
+                    pass
+
+    def _warn_unwritable(self, exc: OSError, stacklevel: int) -> None:
+        if not self._write_warned:
+            self._write_warned = True
+            warnings.warn(f"text-embedding cache directory is not writable ({exc}); "
+                          "continuing with the in-memory cache only", RuntimeWarning, stacklevel=stacklevel)

@@ -1,0 +1,91 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` in one folder. No pickle anywhere.
+
+``config.json`` holds what a loader needs (``kind``, ``architecture``), how inputs are prepared
+(``preprocessing``, ``tokenizer``), how it was made (``recipe``) and what it scored (``metrics``).
+Weights may be stored in float16 to keep committed checkpoints small; they load as float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder: an existing path, or the name of a bundled one (``clip_toy``, ``lseg_toy``)."""
+    p = Path(path)
+    if not p.exists() and (CHECKPOINT_DIR / str(path)).exists():
+        p = CHECKPOINT_DIR / str(path)
+    if not p.exists():
+        bundled = sorted(d.name for d in CHECKPOINT_DIR.iterdir() if d.is_dir()) if CHECKPOINT_DIR.exists() else []
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found; give a folder with {CONFIG} and {WEIGHTS} "
+                                f"or a bundled name: {bundled}")
+    if p.is_file():
+        p = p.parent
+    for name in (CONFIG, WEIGHTS):
+        if not (p / name).exists():
+            raise FileNotFoundError(f"checkpoint folder {p} has no {name}; it must hold {CONFIG} and {WEIGHTS}")
+    return p
+
+
+def save_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any],
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write weights (floating tensors cast to ``dtype``) and config atomically; returns the folder."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+               for k, v in state.items()}
+    config = dict(config, storage_dtype=str(dtype).replace("torch.", ""))
+    atomic_write_bytes(folder / WEIGHTS, save(tensors))
+    config["weights_sha256"] = sha256_file(folder / WEIGHTS)
+    atomic_write_bytes(folder / CONFIG, (json.dumps(config, indent=2, sort_keys=False) + "\n").encode())
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (float32 state dict, config) of a checkpoint folder, checking the weights hash."""
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint(folder)
+    config = json.loads((folder / CONFIG).read_text())
+    want = config.get("weights_sha256")
+    if want and sha256_file(folder / WEIGHTS) != want:
+        raise ValueError(f"{folder / WEIGHTS} does not match the sha256 in {folder / CONFIG}; the file is corrupt "
+                         f"or was replaced: restore it (git checkout) or retrain")
+    state = load_file(str(folder / WEIGHTS))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state, config
