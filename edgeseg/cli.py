@@ -38,12 +38,14 @@ def _train(a: argparse.Namespace) -> None:
     if a.what == "clip":
         from edgeseg.train.train_clip import ClipRecipe, train_clip
 
-        r = ClipRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch)) if v})
+        r = ClipRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr),
+                                           ("warmup", a.warmup)) if v})
         print(json.dumps(train_clip(a.out or "train/checkpoints/clip_toy", r), indent=2))
     else:
         from edgeseg.train.train_lseg import LSegRecipe, train_lseg
 
-        r = LSegRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch)) if v})
+        r = LSegRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr), ("init", a.init),
+                                           ("warmup", a.warmup)) if v})
         print(json.dumps(train_lseg(a.out or "train/checkpoints/lseg_toy", a.clip, r), indent=2))
 
 
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip", default="clip_toy", help="CLIP checkpoint for LSeg (default: bundled clip_toy)")
     s.add_argument("--steps", type=int)
     s.add_argument("--batch", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--warmup", type=int)
+    s.add_argument("--init", help="lseg only: continue training from this LSeg checkpoint")
     s.set_defaults(fn=_train)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX bundle with manifest")
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError, ImportError) as e:
         sys.exit(f"edgeseg {args.command}: error: {e}")
 
 

@@ -1,0 +1,1 @@
+"""edgeseg export: checkpoint -> ONNX bundles (one file per component, manifest), verify, eval, bench."""

@@ -55,6 +55,9 @@ def save_png(image, path: str | Path) -> Path:
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

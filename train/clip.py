@@ -51,24 +51,27 @@ def clip_config(name: str) -> dict:
     return cfg
 
 
-def create_clip(name: str, weights: str | Path | None = None) -> nn.Module:
+def create_clip(name: str, weights: str | Path | None = None, seed: int = 0) -> nn.Module:
     """Build an open_clip ``CLIP`` in eval mode.
 
-    ``weights``: None (random init), or a local open_clip checkpoint file (``.pt``/``.bin``/``.safetensors``,
+    ``weights``: None (random init from ``seed``, reproducible), or a local open_clip checkpoint file (``.pt``/``.bin``/``.safetensors``,
     read with ``weights_only``), e.g. one downloaded by the user beforehand. Nothing is downloaded here.
     """
     import open_clip
 
     cfg = clip_config(name)
-    model = open_clip.model.CLIP(**cfg)
+    with torch.random.fork_rng():  # random init is seeded: export and verify rebuild the same weights
+        torch.manual_seed(seed)
+        model = open_clip.model.CLIP(**cfg)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights {str(path)!r} not found; give a local open_clip checkpoint file")
         try:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path} does not fit the {name!r} architecture ({str(e).splitlines()[0]}); "
+        except (RuntimeError, AssertionError, KeyError) as e:  # open_clip asserts on some shape mismatches
+            msg = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path} does not fit the {name!r} architecture ({msg}); "
                              f"pick the matching config from {list_models()}") from None
     return model.eval()
 
@@ -117,7 +120,7 @@ def encode_image_features(visual: nn.Module, images: torch.Tensor,
     full = last(x)
     if len(blocks) - 1 in hooks:
         taps.append(full)
-    pooled = visual.ln_post(full[:, 0]) @ visual.proj
+    pooled = visual._pool(full)[0] @ visual.proj  # open_clip's own pooling (class token or patch average)
     dense = visual.ln_post(_value_path(last, x)[:, 1:]) @ visual.proj
     gh, gw = visual.grid_size
     dense = dense.transpose(1, 2).reshape(dense.shape[0], -1, gh, gw)
@@ -126,13 +129,16 @@ def encode_image_features(visual: nn.Module, images: torch.Tensor,
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
               targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE. ``targets`` (B x B, rows summing to 1) allows several positives per row."""
+    """Symmetric InfoNCE. ``targets``: B x B 0/1 matrix, targets[i, j] = text j is true of image i (several
+    positives per row or column allowed; each direction spreads its target evenly over its positives)."""
     image_emb, text_emb = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
     if targets is None:
         targets = torch.eye(len(logits), device=logits.device)
-    loss_i = -(targets * logits.log_softmax(1)).sum(1).mean()
-    loss_t = -(targets.t() * logits.t().log_softmax(1)).sum(1).mean()
+    t_img = targets / targets.sum(1, keepdim=True)
+    t_txt = targets.t() / targets.t().sum(1, keepdim=True)
+    loss_i = -(t_img * logits.log_softmax(1)).sum(1).mean()
+    loss_t = -(t_txt * logits.t().log_softmax(1)).sum(1).mean()
     return (loss_i + loss_t) / 2
 
 

@@ -7,7 +7,6 @@ the same space. Training scenes hold seen shapes only and no unseen colour-shape
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sh
 from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip
 from .data.toyworld import CLASSES, SEEN_SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig
 from .lseg import LSEG_CONFIGS, LSeg, LSegConfig
+from .loop import cosine_schedule, optimize, setup_cpu
 from .train_clip import images_to_tensor, make_pool
 
 TEMPLATE = "{}"
@@ -30,7 +30,7 @@ IGNORE = 255
 
 @dataclass
 class LSegRecipe:
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 16
     lr: float = 1e-3  # decoder; the image tower gets lr * encoder_lr_mult
     encoder_lr_mult: float = 0.1
@@ -39,6 +39,7 @@ class LSegRecipe:
     pool: int = 8000
     seed: int = 0
     threads: int = 2
+    init: str | None = None  # continue from this LSeg checkpoint (its recipe is kept under "previous")
     eval_n: int = 100  # scenes per split for the PyTorch mIoU written into the checkpoint (0: skip)
 
 
@@ -97,9 +98,7 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
                config: str = "toy-tiny",
                on_step: Callable[[int, float], None] | None = None) -> dict:
     r = recipe or LSegRecipe()
-    torch.manual_seed(r.seed)
-    torch.set_num_threads(r.threads)
-    torch.set_flush_denormal(True)  # denormals made CPU steps ~8x slower after a few dozen steps
+    setup_cpu(r.threads, r.seed)
     rng = np.random.default_rng(r.seed)
     clip, clip_cfg = load_clip(clip_checkpoint)
     for p in clip.parameters():
@@ -107,6 +106,11 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
     cfg = LSEG_CONFIGS[config]
     model = LSeg(cfg)
     model.visual.load_state_dict(clip.visual.state_dict())
+    previous = None
+    if r.init:
+        state, init_cfg = load_checkpoint(r.init)
+        model.load_state_dict(state)
+        previous = init_cfg["recipe"]
     ctx = clip_cfg["tokenizer"]["context_length"]
     size = clip_cfg["preprocessing"]["image_size"][0]
     w = CLIP_WEIGHTS[cfg.clip]
@@ -119,8 +123,7 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
     dec = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
     opt = torch.optim.AdamW([{"params": enc, "lr": r.lr * r.encoder_lr_mult}, {"params": dec, "lr": r.lr}],
                             weight_decay=r.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / r.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, r.steps) / r.steps)))
+    sched = cosine_schedule(opt, r.warmup, r.steps)
     model.train()
     losses, t0 = [], time.time()
     bar = tqdm(range(r.steps), desc="train lseg")
@@ -131,12 +134,7 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
         x[flip], y[flip] = x[flip][:, :, ::-1], y[flip][:, :, ::-1]
         logits = model(images_to_tensor(x, w["mean"], w["std"]), text)
         loss = F.cross_entropy(logits, torch.from_numpy(y.astype(np.int64)), ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimize(model, opt, sched, loss))
         if on_step is not None:
             on_step(step, losses[-1])
         if step % 20 == 0:
@@ -158,6 +156,6 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
         "preprocessing": clip_preprocessing(cfg.clip, model),
         "tokenizer": {"type": "clip-bpe", "context_length": ctx},
         "labels_trained": labels,
-        "recipe": {**r.__dict__, "data": "ToyWorld split 'train' (seen shapes only)"},
+        "recipe": {**r.__dict__, "data": "ToyWorld split 'train' (seen shapes only)", "previous": previous},
         "metrics": metrics}, dtype=torch.float16)
     return metrics

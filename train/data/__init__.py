@@ -1,0 +1,1 @@
+"""ToyWorld: procedural scenes, masks, captions and referring expressions (numpy + pillow only)."""
