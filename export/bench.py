@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeseg.runtime.fileio import atomic_write_bytes
+
 from .bundle import _versions, build_components, export_component
 
 CASES = {  # name -> (method, checkpoint, component)
@@ -97,11 +99,7 @@ def bench_encoders(cases: list[str] | None = None, iters: int = 20, batch: int =
     doc = {"benchmark": "encoders", "command": "edgeseg " + " ".join(sys.argv[1:]) if sys.argv else "",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
            "versions": _versions(), "results": results}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_bytes(out, (json.dumps(doc, indent=2) + "\n").encode())
     return doc
 
 

@@ -17,8 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.runtime.lseg import LSegPredictor
-from edgeseg.runtime.metrics import IGNORE, ConfusionMatrix
-from edgeseg.train.data.toyworld import CLASSES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, SEEN_SHAPES
+from edgeseg.runtime.metrics import ConfusionMatrix
+from edgeseg.train.data.toyworld import (SEEN_SHAPES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig,
+                                         label_lut)
 
 EVAL_SPLITS = {  # name -> (ToyWorld split, label set)
     "seen": ("seen", list(SEEN_SHAPES) + list(STUFF)),
@@ -46,13 +47,6 @@ class EvalResult:
         return s
 
 
-def _lut(labels: list[str]) -> np.ndarray:
-    lut = np.full(256, IGNORE, np.uint8)
-    for i, name in enumerate(labels):
-        lut[CLASSES.index(name)] = i
-    return lut
-
-
 def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int = 0, cache_dir="default",
               compare_torch: str | Path | None = None, progress: bool = True) -> EvalResult:
     """mIoU of a bundle on ``n`` ToyWorld scenes; ``compare_torch`` (an LSeg checkpoint) adds the
@@ -65,7 +59,7 @@ def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int =
     pred = LSegPredictor(bundle, cache_dir=cache_dir)
     size = pred.bundle.preprocessing["image_size"][0]
     world = ToyWorld(world_split, seed, ToyWorldConfig(size=size))
-    lut, cm = _lut(labels), ConfusionMatrix(len(labels))
+    lut, cm = label_lut(labels), ConfusionMatrix(len(labels))
     torch_fn = _torch_predictor(compare_torch, labels) if compare_torch else None
     agree, total, times = 0, 0, []
     for i in tqdm(range(n), desc=f"eval lseg {split}", disable=not progress):

@@ -45,21 +45,11 @@ def overlay(image: np.ndarray, label_map: np.ndarray, labels: list[str], alpha: 
 
 
 def save_png(image, path: str | Path) -> Path:
-    """Save a PIL image atomically (temporary name, then rename)."""
-    import os
-    import tempfile
+    """Save a PIL image as PNG atomically (temporary name, then rename)."""
+    import io
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .fileio import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

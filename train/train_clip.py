@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import save_checkpoint
 from .clip import CLIP_WEIGHTS, clip_config, clip_loss, create_clip, encode_image_features
-from .data.toyworld import CLASSES, COLOURS, SEEN_SHAPES, SHAPES, STUFF, Scene, ToyWorld, ToyWorldConfig
+from .data.toyworld import COLOURS, SEEN_SHAPES, SHAPES, STUFF, Scene, ToyWorld, ToyWorldConfig, label_lut
 from .loop import cosine_schedule, optimize, setup_cpu
 
 
@@ -51,7 +51,6 @@ class ClipRecipe:
     min_scale: float = 0.15
     # text mix: full caption, "a red circle", "circle", "a circle on sand", "sand"
     text_mix: tuple[float, ...] = (0.2, 0.3, 0.3, 0.1, 0.1)
-    init_visual: str | None = None  # a CLIP or LSeg checkpoint whose image tower starts this run (two-stage recipe)
     vocab_weight: float = 1.0  # weight of the sigmoid loss over single-word prompts (0: plain InfoNCE only)
     dense_weight: float = 1.0  # per-patch loss: MaskCLIP dense features vs text of the SEEN labels only (0: off)
     eval_every: int = 600  # print the zero-shot sanity metric every N steps (0: only at the end)
@@ -82,6 +81,7 @@ def _matches(scene: Scene, need: list[tuple[str | None, str | None]], stuff: str
 
 
 DENSE_LABELS = list(SEEN_SHAPES) + list(STUFF)  # never hexagon or heart: those stay caption-only words
+_DENSE_LUT = label_lut(DENSE_LABELS)
 VOCAB = [(w, [(None, w)], None) for w in SHAPES] + [(w, [(w, None)], None) for w in COLOURS] + \
         [(w, [], w) for w in STUFF]
 
@@ -97,10 +97,7 @@ def dense_loss(dense: torch.Tensor, text: torch.Tensor, semantic: np.ndarray, pa
                temperature: float = 0.07) -> torch.Tensor:
     """Per-patch cross-entropy of B x D x h x w dense features against C label texts (C x D); targets are the
     semantic labels at patch centres mapped to DENSE_LABELS, other classes (unseen shapes) ignored."""
-    lut = np.full(256, 255, np.uint8)
-    for i, name in enumerate(DENSE_LABELS):
-        lut[CLASSES.index(name)] = i
-    target = torch.from_numpy(lut[semantic[:, patch // 2::patch, patch // 2::patch]].astype(np.int64))
+    target = torch.from_numpy(_DENSE_LUT[semantic[:, patch // 2::patch, patch // 2::patch]].astype(np.int64))
     if not (target != 255).any():
         return dense.sum() * 0.0  # nothing labelled (e.g. only unseen shapes on unseen stuff): no signal, no NaN
     logits = torch.einsum("bdhw,cd->bchw", F.normalize(dense, dim=1), F.normalize(text, dim=-1)) / temperature
@@ -127,12 +124,6 @@ def train_clip(out: str | Path, recipe: ClipRecipe | None = None, config: str = 
     setup_cpu(r.threads, r.seed)
     rng = np.random.default_rng(r.seed)
     model = create_clip(config).train()
-    if r.init_visual:
-        from .checkpoint import load_checkpoint
-
-        state, _ = load_checkpoint(r.init_visual)
-        visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-        model.visual.load_state_dict(visual)
     cfg = clip_config(config)
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     mean, std = CLIP_WEIGHTS[config]["mean"], CLIP_WEIGHTS[config]["std"]

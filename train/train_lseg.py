@@ -19,13 +19,12 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
 from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip
-from .data.toyworld import CLASSES, SEEN_SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig
+from .data.toyworld import IGNORE, SEEN_SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, label_lut
 from .lseg import LSEG_CONFIGS, LSeg, LSegConfig
 from .loop import cosine_schedule, optimize, setup_cpu
 from .train_clip import images_to_tensor, make_pool
 
 TEMPLATE = "{}"
-IGNORE = 255
 
 
 @dataclass
@@ -41,14 +40,6 @@ class LSegRecipe:
     threads: int = 2
     init: str | None = None  # continue from this LSeg checkpoint (its recipe is kept under "previous")
     eval_n: int = 100  # scenes per split for the PyTorch mIoU written into the checkpoint (0: skip)
-
-
-def label_index(labels: list[str]) -> np.ndarray:
-    """Lookup table: semantic value (index in CLASSES) -> index in ``labels`` or IGNORE."""
-    lut = np.full(256, IGNORE, np.uint8)
-    for i, name in enumerate(labels):
-        lut[CLASSES.index(name)] = i
-    return lut
 
 
 @torch.no_grad()
@@ -84,7 +75,7 @@ def evaluate_torch(model: LSeg, clip: torch.nn.Module, ctx: int, split: str, lab
 
     w = CLIP_WEIGHTS[model.config.clip]
     text = text_embeddings(clip, labels, ctx)
-    lut, cm = label_index(labels), ConfusionMatrix(len(labels))
+    lut, cm = label_lut(labels), ConfusionMatrix(len(labels))
     world = ToyWorld(split, seed, ToyWorldConfig(size=size))
     for s in range(0, n, batch):
         scenes = [world[i] for i in range(s, min(n, s + batch))]
@@ -115,7 +106,7 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
     size = clip_cfg["preprocessing"]["image_size"][0]
     w = CLIP_WEIGHTS[cfg.clip]
     labels = list(SEEN_SHAPES) + list(STUFF)
-    text, lut = text_embeddings(clip, labels, ctx), label_index(labels)
+    text, lut = text_embeddings(clip, labels, ctx), label_lut(labels)
     pool = make_pool("train", r.pool, r.seed, size)
     images = np.stack([s.image for s in pool])
     targets = np.stack([lut[s.semantic] for s in pool])

@@ -252,6 +252,15 @@ class ToyWorld:
         return list(SPLITS[self.split]["shapes"]) + list(STUFF)
 
 
+def label_lut(labels: list[str] | tuple[str, ...]) -> np.ndarray:
+    """256-entry lookup: semantic value (index in CLASSES) -> index in ``labels``, IGNORE for other classes.
+    ``label_lut(labels)[scene.semantic]`` gives the ground truth for a label set."""
+    lut = np.full(256, IGNORE, np.uint8)
+    for i, name in enumerate(labels):
+        lut[CLASSES.index(name)] = i
+    return lut
+
+
 # ----------------------------------------------------------------------------------------------- language
 def caption(objects: list[ToyObject], stuff: str) -> str:
     """'a red circle, a green star and a blue ring on sand'."""
