@@ -57,12 +57,58 @@ def _export(a: argparse.Namespace) -> None:
 
 
 def _verify(a: argparse.Namespace) -> None:
+    from edgeseg.export.fidelity import ensure_built, format_poly, polygraphy_compare, task_agreement
     from edgeseg.export.verify import format_table, verify_bundle
 
-    rows = verify_bundle(a.bundle, a.checkpoint)
+    target = ensure_built(a.bundle, a.precision) if a.precision else Path(a.bundle)
+    rows = verify_bundle(target, a.checkpoint)
+    print(f"{target}: per-output parity with FP32 PyTorch")
     print(format_table(rows))
-    if not all(r.ok for r in rows):
-        sys.exit("parity check failed: see the rows marked NO")
+    failed = [] if all(r.ok for r in rows) else ["per-output parity (rows marked NO)"]
+    report: dict = {"bundle": str(target), "parity": [r.__dict__ for r in rows]}
+    if a.precision or a.task:
+        task = task_agreement(target, a.n, a.seed)
+        print(task.summary())
+        report["task"] = task.to_dict()
+        failed += [] if task.ok else ["task-level agreement"]
+    if a.polygraphy:
+        from edgeseg.runtime.bundle import Bundle
+
+        src = Bundle(target).manifest.get("build", {}).get("source_bundle", a.bundle)
+        poly = polygraphy_compare(src, target)
+        print(f"polygraphy (ONNX Runtime CPU): {src} vs {target}")
+        print(format_poly(poly))
+        report["polygraphy"] = [r.__dict__ for r in poly]
+        failed += [] if all(r.passed for r in poly) else ["polygraphy comparison"]
+    if a.json:
+        from edgeseg.runtime.fileio import atomic_write_bytes
+
+        atomic_write_bytes(a.json, (json.dumps(report, indent=2, default=str) + "\n").encode())
+    if failed:
+        sys.exit(f"verify failed: {', '.join(failed)}")
+
+
+def _build(a: argparse.Namespace) -> None:
+    from edgeseg.export.build import build_bundle
+
+    out = build_bundle(a.bundle, a.precision, a.backend, a.out, calib_n=a.calib_n, calib_images=a.calib_images,
+                       calib_texts=a.calib_texts, trt_options={"opt_level": a.opt_level} if a.backend == "tensorrt"
+                       else None)
+    print(f"wrote {a.precision} bundle {out} (backend {a.backend})")
+
+
+def _lint(a: argparse.Namespace) -> None:
+    from edgeseg.export.lint import format_issues, lint_bundle, lint_file
+
+    path, errors = Path(a.path), 0
+    targets = a.target or ["trt10.3", "trt11"]
+    for target in targets:
+        found = lint_bundle(path, target) if path.is_dir() else {path.name: lint_file(path, target)}
+        for name, issues in found.items():
+            print(f"[{target}] " + format_issues(issues, name))
+            errors += sum(i.level == "error" for i in issues)
+    if errors:
+        sys.exit(f"lint: {errors} error(s): TensorRT would refuse these graphs")
 
 
 def _segment(a: argparse.Namespace) -> None:
@@ -134,17 +180,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_export)
 
-    s = sub.add_parser("verify", help="compare every bundle component with PyTorch")
+    s = sub.add_parser("verify", help="compare every bundle component with PyTorch (and FP16/INT8 fidelity)")
     s.add_argument("bundle")
     s.add_argument("--checkpoint", help="override the source checkpoint named in the manifest")
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="verify this precision build of an FP32 bundle (built into BUNDLE_<precision> if missing "
+                        "or stale), with the task-level agreement bar")
+    s.add_argument("--task", action="store_true", help="also report task-level agreement for an FP32 bundle")
+    s.add_argument("--polygraphy", action="store_true", help="also compare each ONNX graph with its FP32 source "
+                                                             "through polygraphy (ONNX Runtime CPU)")
+    s.add_argument("--n", type=int, default=100, help="ToyWorld scenes for the task-level agreement")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", help="write the report here")
     s.set_defaults(fn=_verify)
+
+    s = sub.add_parser("build", help="FP32 bundle -> FP16 / INT8 bundle (and TensorRT engines)")
+    s.add_argument("bundle", help="an FP32 bundle folder (edgeseg export ...)")
+    s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    s.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
+                   help="tensorrt builds engines on this machine's GPU (needs TensorRT 10.3+ / 11)")
+    s.add_argument("--out", help="default: BUNDLE_<precision> (BUNDLE_<precision>_trt for tensorrt)")
+    s.add_argument("--calib-n", type=int, default=64, help="int8: calibration images (and up to 4x texts)")
+    s.add_argument("--calib-images", help="int8: a folder of your images (default: ToyWorld scenes)")
+    s.add_argument("--calib-texts", help="int8: a text file, one prompt per line (default: ToyWorld texts)")
+    s.add_argument("--opt-level", type=int, default=3, help="tensorrt: builder optimization level 0-5")
+    s.set_defaults(fn=_build)
+
+    s = sub.add_parser("lint", help="TensorRT-compatibility lint of an ONNX file or every file of a bundle")
+    s.add_argument("path")
+    s.add_argument("--target", action="append", choices=["trt10.3", "trt11"], help="default: both")
+    s.set_defaults(fn=_lint)
 
     s = sub.add_parser("segment", help="segment an image with a bundle (runtime only)")
     s.add_argument("image")
     s.add_argument("--labels", required=True, help='comma-separated, e.g. "circle,star,grass"')
     s.add_argument("--bundle", default="engines/lseg_toy")
     s.add_argument("--out", default="overlay.png")
-    s.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"],
+                   help="default: the backend the bundle was built for (cpu for exports)")
     s.add_argument("--cache-dir", default="default", help="text-embedding cache folder ('default' or a path)")
     s.set_defaults(fn=_segment)
 

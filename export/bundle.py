@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from edgeseg import __version__
-from edgeseg.train.checkpoint import resolve_checkpoint, sha256_file
+from edgeseg.runtime.fileio import replace_dir, sha256_file
+from edgeseg.train.checkpoint import resolve_checkpoint
 
 from . import clip_image, clip_text, lseg_encoder, lseg_head
 from .spec import ComponentSpec
@@ -168,19 +169,8 @@ def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is swapped out first and removed only after."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(new, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -36,6 +36,9 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     opset: int = 17
     description: str = ""
+    # Precision hints, read by ``edgeseg build`` from the manifest (no torch needed there):
+    fp32_outputs: tuple[str, ...] = ()  # outputs computed by FP32 nodes in FP16 builds (attention maps)
+    int8_exclude: tuple[str, ...] = ()  # node-name regexes kept FP32 in INT8 builds
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
@@ -54,4 +57,5 @@ class ComponentSpec:
 
     def to_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "opset": self.opset, "description": self.description}
+                "opset": self.opset, "description": self.description,
+                "precision_hints": {"fp32_outputs": list(self.fp32_outputs), "int8_exclude": list(self.int8_exclude)}}

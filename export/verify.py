@@ -1,4 +1,6 @@
-"""``edgeseg verify BUNDLE``: every component of a bundle against its PyTorch source (max-abs, cosine)."""
+"""``edgeseg verify BUNDLE [--precision P]``: every component of a bundle against its FP32 PyTorch source
+(max-abs, cosine). FP32 bundles must match to ``atol``; FP16 / INT8 builds are held to the cosine bars of
+``fidelity.COSINE_BARS`` (their max-abs is reported, not bounded) and to the task-level agreement bars."""
 
 from __future__ import annotations
 
@@ -30,9 +32,14 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path | None = None, atol: float = 1e-3,
-                  min_cosine: float = 0.9999, batches: tuple[int, ...] = (1, 3)) -> list[ParityRow]:
+                  min_cosine: float | None = None, batches: tuple[int, ...] = (1, 3)) -> list[ParityRow]:
     """Run each component in PyTorch and in the bundle on the same inputs at several batch sizes."""
+    from .fidelity import COSINE_BARS
+
     bundle = Bundle(bundle_dir)
+    precision = bundle.manifest.get("precision", "fp32")
+    min_cosine = COSINE_BARS[precision] if min_cosine is None else min_cosine
+    atol = atol if precision == "fp32" else float("inf")
     source = checkpoint or bundle.manifest["source"]["checkpoint"]
     comps, _ = build_components(bundle.method, source)
     rows = []

@@ -2,35 +2,36 @@
 
 Checks on load: the manifest parses and has this runtime's format; every component file exists and its
 sha256 matches; each ONNX Runtime session has exactly the manifest's input/output names and dtypes; the
-execution provider asked for is the one that runs (ONNX Runtime would otherwise fall back to CPU silently).
+execution provider asked for is the one that runs (ONNX Runtime would otherwise fall back to CPU silently);
+a TensorRT engine matches this machine's TensorRT version and GPU (``trt_backend.check_engine``).
+
+Providers: "cpu", "cuda", "tensorrt" are ONNX Runtime execution providers running the ONNX graphs; "trt" runs
+the bundle's prebuilt TensorRT engines natively (tensorrt + cuda-python, no ONNX Runtime). The default is the
+backend the bundle was built for (``manifest["backend"]``, ``ort-cpu`` for plain exports).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .fileio import sha256_file
+
 MANIFEST = "manifest.json"
 FORMAT, FORMAT_VERSION = "edgeseg-bundle", 1
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+             "trt": "TensorRT engines (native)"}
+BACKENDS = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt", "tensorrt": "trt"}  # build -> provider
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
                "tensor(int32)": "int32"}
 
 
 class BundleError(ValueError):
     """A bundle that cannot be trusted: missing file, hash mismatch, I/O names that differ, bad manifest."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _import_ort() -> Any:
@@ -44,11 +45,13 @@ def _import_ort() -> Any:
 class Bundle:
     """Load and check a bundle; run its components with one ONNX Runtime provider.
 
-    ``provider``: "cpu", "cuda" or "tensorrt" (ONNX Runtime execution providers). No fallback: if the
-    provider is unavailable or does not take the session, loading fails and says so.
+    ``provider``: "cpu", "cuda", "tensorrt" (ONNX Runtime execution providers), "trt" (native TensorRT
+    engines) or None for the bundle's own backend. No fallback: if the provider is unavailable or does not
+    take the session, loading fails and says so.
     """
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None, check_hashes: bool = True):
+    def __init__(self, path: str | Path, provider: str | None = None, threads: int | None = None,
+                 check_hashes: bool = True):
         self.path = Path(path)
         rebuild = f"re-export it (edgeseg export <method> CHECKPOINT --out {self.path})"
         if not self.path.is_dir():
@@ -63,6 +66,10 @@ class Bundle:
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{mpath} has format {self.manifest.get('format')!r} v{self.manifest.get('format_version')}"
                               f", this runtime reads {FORMAT!r} v{FORMAT_VERSION}; {rebuild}")
+        backend = self.manifest.get("backend", "ort-cpu")
+        if backend not in BACKENDS:
+            raise BundleError(f"{mpath} names backend {backend!r}; this runtime knows {sorted(BACKENDS)}; {rebuild}")
+        provider = provider or BACKENDS[backend]
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)}")
         self.provider, self.threads, self._rebuild = provider, threads, rebuild
@@ -71,9 +78,19 @@ class Bundle:
             f = self.path / comp["file"]
             if not f.is_file():
                 raise BundleError(f"component {name!r}: file {f} is missing; {rebuild}")
-            if check_hashes and _sha256(f) != comp["sha256"]:
+            if check_hashes and sha256_file(f) != comp["sha256"]:
                 raise BundleError(f"component {name!r}: {f} does not match the sha256 in the manifest (corrupt or "
                                   f"replaced file); {rebuild}")
+            if provider == "trt":
+                engine = comp.get("engine")
+                if not engine:
+                    raise BundleError(f"component {name!r} has no TensorRT engine in {mpath}; build one on the "
+                                      f"target GPU: edgeseg build <fp32 bundle> --backend tensorrt "
+                                      f"--precision {comp.get('precision', 'fp32')}")
+                e = self.path / engine["file"]
+                if not e.is_file() or (check_hashes and sha256_file(e) != engine["sha256"]):
+                    raise BundleError(f"component {name!r}: engine {e} is missing or does not match its sha256; "
+                                      f"rebuild it: {engine.get('command', 'edgeseg build ... --backend tensorrt')}")
 
     @property
     def components(self) -> dict[str, dict]:
@@ -101,6 +118,11 @@ class Bundle:
         if name in self._sessions:
             return self._sessions[name]
         comp = self.component(name)
+        if self.provider == "trt":
+            from .trt_backend import TrtEngine
+
+            self._sessions[name] = TrtEngine(self.path / comp["engine"]["file"], comp, self._rebuild)
+            return self._sessions[name]
         ort = _import_ort()
         want = PROVIDERS[self.provider]
         available = ort.get_available_providers()
@@ -112,8 +134,15 @@ class Bundle:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        kwargs: dict[str, Any] = {}
+        if comp.get("precision") == "fp16" and self.provider == "cpu":
+            # ONNX Runtime 1.31's NCHWc layout transformer segfaults on FP16 graphs whose Convs it must
+            # run in FP32 on CPU (no FP16 Conv kernel there); every other optimization stays on.
+            kwargs["disabled_optimizers"] = ["NchwcTransformer"]
+        options = _ort_trt_options(comp) if self.provider == "tensorrt" else None
         try:
-            sess = ort.InferenceSession(str(self.path / comp["file"]), opts, providers=[want])
+            sess = ort.InferenceSession(str(self.path / comp["file"]), opts, providers=[want],
+                                        provider_options=[options] if options else None, **kwargs)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BundleError(f"component {name!r}: onnxruntime cannot load {comp['file']} "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {self._rebuild}") from None
@@ -149,3 +178,18 @@ class Bundle:
     @property
     def providers_used(self) -> dict[str, str]:
         return {n: s.get_providers()[0] for n, s in self._sessions.items()}
+
+
+def _ort_trt_options(comp: dict) -> dict:
+    """ONNX Runtime TensorRT EP options: the profile from the manifest's min/opt/max shapes, engine and timing
+    caches under the edgeseg cache folder, INT8 from the graph's own Q/DQ nodes (no calibration table)."""
+    root = Path(os.environ.get("EDGESEG_CACHE") or Path.home() / ".cache" / "edgeseg") / "ort-trt" / comp["sha256"][:16]
+    opts: dict[str, Any] = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root),
+                            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(root),
+                            "trt_int8_enable": str(comp.get("precision") == "int8")}
+    dyn = [t for t in comp["inputs"] if t.get("min")]
+    if dyn:
+        for key, which in (("trt_profile_min_shapes", "min"), ("trt_profile_opt_shapes", "opt"),
+                           ("trt_profile_max_shapes", "max")):
+            opts[key] = ",".join(f"{t['name']}:{'x'.join(str(d) for d in t[which])}" for t in dyn)
+    return opts

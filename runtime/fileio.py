@@ -1,9 +1,12 @@
 """Atomic file writes: a temporary file in the target folder, fsync, then rename. A crash or error never
-leaves a half-written file under the final name. Shared by the runtime, training and export."""
+leaves a half-written file under the final name. Folder swaps, file hashes. Shared by the runtime, training
+and export."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,3 +33,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``; an existing ``dest`` is swapped out first and removed only
+    after, so ``dest`` is always either the old or the new folder, never half of one."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

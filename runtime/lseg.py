@@ -55,7 +55,8 @@ def parse_labels(labels: Any) -> list[str]:
 
 
 class LSegPredictor:
-    def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default", provider: str = "cpu"):
+    def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
+                 provider: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
         if self.bundle.method != "lseg":
             raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; LSegPredictor "

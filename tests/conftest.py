@@ -22,3 +22,19 @@ def clip_bundle(tmp_path_factory):
 @pytest.fixture()
 def text_cache(tmp_path):
     return tmp_path / "text-cache"
+
+
+@pytest.fixture(scope="session")
+def built(lseg_bundle, clip_bundle):
+    """FP16 / INT8 builds of the exported bundles, built once: built[("lseg", "int8")] -> folder."""
+    from edgeseg.export.build import build_bundle
+
+    cache = {}
+
+    def get(method: str, precision: str):
+        if (method, precision) not in cache:
+            src = {"lseg": lseg_bundle, "clip": clip_bundle}[method]
+            cache[method, precision] = build_bundle(src, precision, progress=False)
+        return cache[method, precision]
+
+    return get

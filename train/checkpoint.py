@@ -7,25 +7,16 @@ Weights may be stored in float16 to keep committed checkpoints small; they load 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgeseg.runtime.fileio import atomic_write_bytes
+from edgeseg.runtime.fileio import atomic_write_bytes, sha256_file  # noqa: F401 (re-exported)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,0 +1,138 @@
+"""``edgeseg build BUNDLE --precision fp32|fp16|int8 --backend ort-cpu|ort-cuda|ort-trt|tensorrt``.
+
+An FP32 bundle (from ``edgeseg export``) -> a new bundle whose ONNX graphs carry the precision (FP16 graph or
+Q/DQ INT8, see ``precision`` and ``quantize``), linted for TensorRT 10.3 and 11, with the recipe, calibration
+source and lint summary in its manifest. ``--backend tensorrt`` also builds one TensorRT engine per component
+(``trt_build``) on this machine's GPU and records the engine-cache key; the other backends are ONNX Runtime
+execution providers that take the ONNX graphs as they are. Output is written to a temporary folder and
+renamed into place.
+
+Torch-free (onnx + onnxruntime + the runtime), so it also runs on the target device. Two workflows for
+TensorRT: build FP16/INT8 ONNX and engines in one go on the device, or convert on a workstation and pass the
+converted bundle to ``--backend tensorrt`` on the device with the same ``--precision`` (graphs are then copied
+unchanged and only the engines are built).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgeseg.runtime.bundle import BACKENDS, MANIFEST, Bundle
+from edgeseg.runtime.fileio import replace_dir, sha256_file
+
+from .lint import TARGETS, lint_file
+from .precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
+from .quantize import INT8_POLICY, calibration_set, component_feeds, quantize_int8
+
+TRT_BACKENDS = ("ort-trt", "tensorrt")  # lint errors stop these builds
+
+
+def default_out(src: str | Path, precision: str, backend: str) -> Path:
+    """``engines/lseg_toy`` -> ``engines/lseg_toy_fp16`` (``_fp16_trt`` for native TensorRT engines)."""
+    src = Path(src)
+    return src.with_name(f"{src.name}_{precision}" + ("_trt" if backend == "tensorrt" else ""))
+
+
+def precision_recipe(precision: str, component: dict) -> dict:
+    """The written recipe applied to one manifest component: the FP16 or INT8 policy plus the component's
+    own precision hints (declared in its ComponentSpec, carried by the manifest)."""
+    hints = component.get("precision_hints", {})
+    if precision == "fp16":
+        return {"precision": "fp16", "tool": "onnxruntime.transformers.float16",
+                **dict(FP16_POLICY.to_dict(), fp32_outputs=list(hints.get("fp32_outputs", [])))}
+    if precision == "int8":
+        return {"precision": "int8", "tool": "onnxruntime.quantization.quantize_static (QDQ)",
+                **INT8_POLICY.to_dict(), "exclude": list(hints.get("int8_exclude", []))}
+    return {"precision": "fp32"}
+
+
+def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-cpu", out: str | Path | None = None,
+                 calib_n: int = 64, calib_images: str | Path | None = None, calib_texts: str | Path | None = None,
+                 lint_targets: tuple[str, ...] = tuple(TARGETS), trt_options: dict | None = None,
+                 progress: bool = True) -> Path:
+    """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder."""
+    from tqdm import tqdm
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    source = Bundle(src, provider="cpu")  # checks the manifest and every file hash
+    man = source.manifest
+    have = man.get("precision", "fp32")
+    convert = have != precision  # False: graphs copied unchanged (engines for a converted bundle)
+    if have != "fp32" and convert:
+        raise ValueError(f"{source.path} is already a {have} build; build {precision} from the FP32 bundle "
+                         f"({man.get('build', {}).get('source_bundle', 'the export')})")
+    out = Path(out) if out else default_out(source.path, precision, backend)
+    if out.resolve() == source.path.resolve():
+        raise ValueError(f"--out {out} is the source bundle; choose another folder")
+    if backend == "tensorrt":
+        from .trt_build import require_tensorrt
+
+        require_tensorrt()  # fail before any work when TensorRT is absent
+    calib = calibration_set(calib_n, calib_images, calib_texts,
+                            size=man["preprocessing"]["image_size"][0]) if precision == "int8" and convert else None
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        comps, lint_summary = {}, {}
+        for name, comp in tqdm(source.components.items(), desc=f"build {precision}/{backend}", disable=not progress):
+            src_file, dst_file = source.path / comp["file"], tmp / comp["file"]
+            recipe = comp.get("recipe") if not convert and have != "fp32" else precision_recipe(precision, comp)
+            done = comp.get("converted", {})
+            if not convert:
+                shutil.copyfile(src_file, dst_file)
+            elif precision == "fp16":
+                rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]))
+                done = {"nodes": rep.nodes, "nodes_fp32": rep.nodes_fp32, "clipped_constants": rep.clipped_constants}
+            elif precision == "int8":
+                done = quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib),
+                                     exclude=tuple(recipe["exclude"]))
+            lint_summary[name] = _lint(dst_file, comp, lint_targets, strict=backend in TRT_BACKENDS)
+            entry = {k: v for k, v in comp.items() if k != "engine"}  # an engine is rebuilt, never carried over
+            entry.update(sha256=sha256_file(dst_file), precision=precision, recipe=recipe, converted=done,
+                         recipe_hash=recipe_hash(recipe))
+            if backend == "tensorrt":
+                from .trt_build import build_engine
+
+                entry["engine"] = build_engine(dst_file, entry, tmp, **(trt_options or {}))
+            comps[name] = entry
+        for extra in ("tokenizer.json",):
+            if (source.path / extra).is_file():
+                shutil.copyfile(source.path / extra, tmp / extra)
+        manifest = dict(man, name=out.name, precision=precision, backend=backend, components=comps)
+        earlier = man.get("build", {})
+        manifest["build"] = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_bundle": earlier.get("source_bundle", str(source.path)),
+            "source_manifest_sha256": earlier.get("source_manifest_sha256", sha256_file(source.path / MANIFEST)),
+            "calibration": calib.source if calib else earlier.get("calibration"), "lint": lint_summary,
+            "command": f"edgeseg build {source.path} --precision {precision} --backend {backend} --out {out}",
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _lint(path: Path, comp: dict, targets: tuple[str, ...], strict: bool) -> dict:
+    summary = {}
+    for target in targets:
+        issues = lint_file(path, target, spec=comp)
+        errors = [i for i in issues if i.level == "error"]
+        summary[target] = {"errors": len(errors), "warnings": len(issues) - len(errors)}
+        if errors and strict:
+            lines = "\n".join(f"  [{i.rule}] {i.node}: {i.message}" for i in errors[:10])
+            raise ValueError(f"{path.name} fails the {target} lint with {len(errors)} error(s); TensorRT would "
+                             f"refuse it:\n{lines}\n(run: edgeseg lint {path})")
+    return summary

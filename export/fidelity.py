@@ -1,0 +1,174 @@
+"""Fidelity of FP16 / INT8 bundles: task-level agreement with FP32 PyTorch on ToyWorld, and polygraphy
+comparisons of each ONNX graph against its FP32 source under ONNX Runtime.
+
+Task-level metrics (``task_agreement``):
+- segmenters (``lseg``): fraction of pixels whose runtime label equals FP32 PyTorch's, on the ``generalized``
+  ToyWorld split (all 8 shapes + 6 stuff classes, the hardest label set), plus the bundle's mIoU there;
+- ``clip``: zero-shot shape naming of single objects: fraction of scenes where the bundle names the same
+  shape as FP32 PyTorch.
+Bars (``AGREEMENT_BARS``, ORT CPU): FP16 >= 0.98, INT8 >= 0.95.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.runtime.bundle import MANIFEST, Bundle
+from edgeseg.runtime.fileio import sha256_file
+
+AGREEMENT_BARS = {"fp32": 0.999, "fp16": 0.98, "int8": 0.95}
+COSINE_BARS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}  # per component output, vs FP32 PyTorch
+POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-1)}  # (atol, rtol) on medians
+
+
+def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) -> Path:
+    """The ``precision`` build of an FP32 bundle: ``bundle_dir`` itself if it already is one, the default
+    output folder if it was built from this exact FP32 manifest with today's recipes, else built now."""
+    from .build import build_bundle, default_out, precision_recipe
+
+    b = Bundle(bundle_dir)
+    have = b.manifest.get("precision", "fp32")
+    if have == precision:
+        return b.path
+    if have != "fp32":
+        raise ValueError(f"{b.path} is a {have} build; pass the FP32 bundle it came from to verify {precision}")
+    out = default_out(b.path, precision, "ort-cpu")
+    if precision != "fp32" and (out / MANIFEST).is_file():
+        built = Bundle(out)
+        same_source = built.manifest.get("build", {}).get("source_manifest_sha256") == sha256_file(b.path / MANIFEST)
+        same_recipe = all(c.get("recipe") == precision_recipe(precision, b.component(n))
+                          for n, c in built.components.items())
+        if same_source and same_recipe:
+            return out
+    return build_bundle(b.path, precision, "ort-cpu", out, progress=progress)
+
+
+@dataclass
+class TaskAgreement:
+    method: str
+    precision: str
+    metric: str
+    agreement: float
+    bar: float
+    n: int
+    miou: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.agreement >= self.bar
+
+    def summary(self) -> str:
+        s = f"task agreement ({self.metric}, n={self.n}): {self.agreement:.4f}  bar {self.bar}  " \
+            f"{'ok' if self.ok else 'BELOW BAR'}"
+        return s + (f"  mIoU={self.miou:.4f}" if self.miou is not None else "")
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), ok=self.ok)
+
+
+def task_agreement(bundle_dir: str | Path, n: int = 100, seed: int = 0, progress: bool = True) -> TaskAgreement:
+    b = Bundle(bundle_dir)
+    precision = b.manifest.get("precision", "fp32")
+    checkpoint = b.manifest["source"]["checkpoint"]
+    if b.method == "lseg":
+        from .evaluate import eval_lseg
+
+        res = eval_lseg(b.path, "generalized", n, seed, cache_dir=None, compare_torch=checkpoint, progress=progress)
+        return TaskAgreement("lseg", precision, "label-map agreement with FP32 PyTorch, generalized split",
+                             float(res.torch_agreement), AGREEMENT_BARS[precision], n, res.miou)
+    if b.method == "clip":
+        return _clip_agreement(b, checkpoint, n, seed, precision)
+    raise ValueError(f"no task-level metric for method {b.method!r}")
+
+
+def _clip_agreement(b: Bundle, checkpoint: str, n: int, seed: int, precision: str) -> TaskAgreement:
+    import torch
+
+    from edgeseg.runtime.images import preprocess
+    from edgeseg.runtime.text import TextEncoder
+    from edgeseg.train.clip import load_clip
+    from edgeseg.train.data.toyworld import SHAPES
+    from edgeseg.train.train_clip import images_to_tensor, make_pool
+
+    model, cfg = load_clip(checkpoint)
+    prep = b.preprocessing
+    pool = [s for s in make_pool("all", n, seed, prep["image_size"][0], max_objects=1, min_scale=0.3) if s.objects]
+    text = TextEncoder(b, cache_dir=None).embed(list(SHAPES))
+    img = np.concatenate([b.run("clip_image", {"image": preprocess(s.image, prep)})["image_embeds"] for s in pool])
+    ours = (img @ text.T).argmax(1)
+    with torch.no_grad():
+        ids = torch.from_numpy(TextEncoder(b, cache_dir=None).tokenizer(list(SHAPES)))
+        t = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        x = images_to_tensor(np.stack([s.image for s in pool]), prep["mean"], prep["std"])
+        v = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        ref = (v @ t.T).argmax(1).numpy()
+    return TaskAgreement("clip", precision, "zero-shot shape naming agreement with FP32 PyTorch",
+                         float((ours == ref).mean()), AGREEMENT_BARS[precision], len(pool))
+
+
+@dataclass
+class PolyRow:
+    component: str
+    output: str
+    median_abs: float
+    max_abs: float
+    passed: bool
+
+
+def polygraphy_compare(fp32_dir: str | Path, other_dir: str | Path, iterations: int = 4) -> list[PolyRow]:
+    """Each component of ``other_dir`` against the same component of ``fp32_dir``, both in ONNX Runtime CPU
+    through polygraphy's ``Comparator`` (inputs: task data for ``image`` / ``input_ids``, polygraphy's
+    ``DataLoader`` at the spec's opt shapes otherwise); pass/fail on the median error with
+    ``POLYGRAPHY_TOL`` of the precision."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator, DataLoader
+
+    try:  # polygraphy >= 0.50; older releases (TensorRT 10.3 era) only have CompareFunc.simple
+        from polygraphy.comparator import SimpleCompareFunc as compare_func
+    except ImportError:
+        from polygraphy.comparator import CompareFunc
+
+        compare_func = CompareFunc.simple
+    from polygraphy.common import TensorMetadata
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.WARNING  # its per-iteration INFO lines drown the table
+
+    from .quantize import calibration_set, component_feeds
+
+    ref, other = Bundle(fp32_dir, provider="cpu"), Bundle(other_dir, provider="cpu")
+    precision = other.manifest.get("precision", "fp32")
+    atol, rtol = POLYGRAPHY_TOL[precision]
+    calib = calibration_set(iterations, seed=77_001, size=ref.preprocessing["image_size"][0])
+    rows = []
+    for name, comp in other.components.items():
+        names = [t["name"] for t in comp["inputs"]]
+        if names in (["image"], ["input_ids"]):
+            feeds = list(component_feeds(comp, ref.manifest, ref.path, calib))[:iterations]
+        else:
+            meta = TensorMetadata()
+            for t in comp["inputs"]:
+                meta.add(t["name"], np.dtype(t["dtype"]), tuple(t.get("opt") or t["shape"]))
+            feeds = DataLoader(iterations=iterations, input_metadata=meta)
+        # The runtime's own sessions: checked against the manifest, with its FP16-on-CPU workaround.
+        runners = [OnnxrtRunner(ref.session(name), name=f"{name}-fp32"),
+                   OnnxrtRunner(other.session(name), name=f"{name}-{precision}")]
+        results = Comparator.run(runners, data_loader=feeds)
+        acc = Comparator.compare_accuracy(results, compare_func=compare_func(
+            atol=atol, rtol=rtol, check_error_stat="median"))
+        for iters in acc[0].values():  # AccuracyResults: one AccuracyResult per compare_func
+            for out in comp["outputs"]:
+                res = [it[out["name"]] for it in iters]
+                rows.append(PolyRow(name, out["name"], max(float(r.median_absdiff) for r in res),
+                                    max(float(r.max_absdiff) for r in res), all(bool(r) for r in res)))
+    return rows
+
+
+def format_poly(rows: list[PolyRow]) -> str:
+    lines = [f"{'component':<14} {'output':<14} {'median-abs':>11} {'max-abs':>10}  polygraphy", "-" * 64]
+    lines += [f"{r.component:<14} {r.output:<14} {r.median_abs:>11.2e} {r.max_abs:>10.2e}  "
+              f"{'PASSED' if r.passed else 'FAILED'}" for r in rows]
+    return "\n".join(lines)
