@@ -28,8 +28,9 @@ runtime-only: $(VENV)/.installed
 	$(RT_VENV)/bin/python -m pip install -q ".[runtime]"
 	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch must not be installed' if u.find_spec('torch') else 0)"
 	$(VENV)/bin/edgeseg toyworld --split seen --seed 3 --n 1 --out out/runtime-only
-	cd out && ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/lseg_toy --out runtime-only/overlay.png --cache-dir runtime-only/cache
-	@echo "runtime-only: 1 passed, 0 failed"
+	$(VENV)/bin/edgeseg build engines/lseg_toy --precision int8
+	cd out && for b in lseg_toy lseg_toy_int8; do ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/$$b --out runtime-only/overlay_$$b.png --cache-dir runtime-only/cache || exit 1; done
+	@echo "runtime-only: 2 passed, 0 failed"
 
 clean:
 	rm -rf $(VENV) $(RT_VENV) out build *.egg-info

@@ -65,7 +65,14 @@ def _verify(a: argparse.Namespace) -> None:
     print(f"{target}: per-output parity with FP32 PyTorch")
     print(format_table(rows))
     failed = [] if all(r.ok for r in rows) else ["per-output parity (rows marked NO)"]
-    report: dict = {"bundle": str(target), "parity": [r.__dict__ for r in rows]}
+    import onnxruntime
+    import platform
+    import time
+
+    report: dict = {"command": "edgeseg " + " ".join(sys.argv[1:]), "bundle": str(target),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "machine": platform.platform(), "onnxruntime": onnxruntime.__version__, "provider": "cpu",
+                    "parity": [r.__dict__ for r in rows]}
     if a.precision or a.task:
         task = task_agreement(target, a.n, a.seed)
         print(task.summary())

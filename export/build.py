@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgeseg.runtime.bundle import BACKENDS, MANIFEST, Bundle
-from edgeseg.runtime.fileio import replace_dir, sha256_file
+from edgeseg.runtime.fileio import sha256_file, staged_dir
 
 from .lint import TARGETS, lint_file
 from .precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
-from .quantize import INT8_POLICY, calibration_set, component_feeds, quantize_int8
+from .quantize import DEFAULT_CALIB_N, INT8_POLICY, calibration_set, component_feeds, quantize_int8
 
 TRT_BACKENDS = ("ort-trt", "tensorrt")  # lint errors stop these builds
 
@@ -52,7 +50,7 @@ def precision_recipe(precision: str, component: dict) -> dict:
 
 
 def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-cpu", out: str | Path | None = None,
-                 calib_n: int = 64, calib_images: str | Path | None = None, calib_texts: str | Path | None = None,
+                 calib_n: int = DEFAULT_CALIB_N, calib_images: str | Path | None = None, calib_texts: str | Path | None = None,
                  lint_targets: tuple[str, ...] = tuple(TARGETS), trt_options: dict | None = None,
                  progress: bool = True) -> Path:
     """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder."""
@@ -79,9 +77,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
     calib = calibration_set(calib_n, calib_images, calib_texts,
                             size=man["preprocessing"]["image_size"][0]) if precision == "int8" and convert else None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with staged_dir(out) as tmp:
         comps, lint_summary = {}, {}
         for name, comp in tqdm(source.components.items(), desc=f"build {precision}/{backend}", disable=not progress):
             src_file, dst_file = source.path / comp["file"], tmp / comp["file"]
@@ -117,11 +113,6 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
             "command": f"edgeseg build {source.path} --precision {precision} --backend {backend} --out {out}",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import platform
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -21,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeseg import __version__
-from edgeseg.runtime.fileio import replace_dir, sha256_file
+from edgeseg.runtime.fileio import sha256_file, staged_dir
 from edgeseg.train.checkpoint import resolve_checkpoint
 
 from . import clip_image, clip_text, lseg_encoder, lseg_head
@@ -149,9 +146,7 @@ def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress
     except FileNotFoundError:
         path = ckpt_name.partition(":")[2]
         source = {"checkpoint": ckpt_name, "weights_sha256": sha256_file(path) if path else None}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with staged_dir(out) as tmp:
         manifest_components = {}
         for name, (wrapper, spec) in tqdm(comps.items(), desc=f"export {method}", disable=not progress):
             file = tmp / f"{name}.onnx"
@@ -168,9 +163,4 @@ def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress
             "checkpoint_metrics": info.get("metrics", {}), "components": manifest_components,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -26,7 +26,8 @@ POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-
 
 def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) -> Path:
     """The ``precision`` build of an FP32 bundle: ``bundle_dir`` itself if it already is one, the default
-    output folder if it was built from this exact FP32 manifest with today's recipes, else built now."""
+    output folder if it was built from this exact FP32 manifest with today's recipes and the default
+    calibration, else built now (ORT CPU backend, default calibration)."""
     from .build import build_bundle, default_out, precision_recipe
 
     b = Bundle(bundle_dir)
@@ -41,7 +42,11 @@ def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) 
         same_source = built.manifest.get("build", {}).get("source_manifest_sha256") == sha256_file(b.path / MANIFEST)
         same_recipe = all(c.get("recipe") == precision_recipe(precision, b.component(n))
                           for n, c in built.components.items())
-        if same_source and same_recipe:
+        from .quantize import is_default_calibration
+
+        cal = built.manifest["build"].get("calibration")
+        same_calibration = precision != "int8" or is_default_calibration(cal)
+        if same_source and same_recipe and same_calibration:
             return out
     return build_bundle(b.path, precision, "ort-cpu", out, progress=progress)
 

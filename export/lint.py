@@ -375,7 +375,12 @@ def lint_file(path: str | Path, target: str = "trt10.3", spec: dict | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
-    return lint_model(onnx.load(str(path)), target, spec)
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__}); pass an .onnx file or a "
+                         f"bundle folder") from None
+    return lint_model(model, target, spec)
 
 
 def lint_bundle(bundle_dir: str | Path, target: str = "trt10.3") -> dict[str, list[LintIssue]]:

@@ -9,19 +9,20 @@ INT8 policy (``INT8_POLICY``, written into every INT8 bundle's manifest):
   stays FP32: LayerNorm, Softmax, GELU/Erf, residual Adds, Resize, reductions, the token-embedding Gather,
   Einsum (the LSeg head's cosine logits), ConvTranspose.
 - Op-exclusion policy: MatMuls of two activations (attention scores Q.K^T and P.V) stay FP32
-  (``weights_only``). Measured on the ToyWorld CLIP image tower (200 scenes, zero-shot shape naming vs FP32):
-  quantizing them gave 0.75 agreement, leaving them FP32 0.945-0.965; the patch-embedding conv and the last
-  block made no difference beyond noise, so they stay quantized. A component module may add node-name regexes
-  in ``INT8_EXCLUDE``; the policy's ``exclude_patterns`` apply to every component.
-- Calibration: ``calibrate_method`` (Percentile 99.999 beat MinMax and Entropy in the same study) over task
-  inputs: ToyWorld scenes (``train`` split, a seed apart from every evaluation seed) and ToyWorld captions /
-  class names / referring expressions for text towers, or a user's image folder and text file
-  (:func:`calibration_set`).
+  (``weights_only``). Measured on the ToyWorld CLIP image tower (``benchmarks/int8_policy_study.py``: 200
+  scenes, zero-shot shape naming vs FP32): quantizing them gave 0.77 agreement, keeping them FP32 0.955;
+  keeping also the patch conv or the last block FP32 gave 0.965 (2 scenes of 200, within noise), so those
+  stay quantized. A component adds node-name regexes through its spec's ``int8_exclude`` hint; the policy's
+  ``exclude_patterns`` apply to every component.
+- Calibration: Percentile (99.999th; 0.955 vs MinMax 0.950 in the study) over task inputs: ToyWorld scenes
+  (``train`` split, a seed apart from every evaluation seed) and ToyWorld captions / class names / referring
+  expressions for text towers, or a user's image folder and text file (:func:`calibration_set`).
 A component with no quantizable op (the LSeg head) is kept in FP32 and the manifest says so.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEFAULT_CALIB_N = 64
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class CalibrationSet:
     source: dict = field(default_factory=dict)
 
 
-def calibration_set(n: int = 64, images: str | Path | None = None, texts: str | Path | None = None,
+def calibration_set(n: int = DEFAULT_CALIB_N, images: str | Path | None = None, texts: str | Path | None = None,
                     seed: int = 90_001, size: int = 96) -> CalibrationSet:
     """``n`` images and up to ``4 n`` texts: from a user's folder / text file (one prompt per line) when
     given, else ToyWorld ``train`` scenes at ``seed`` (kept apart from evaluation seeds) and their texts."""
@@ -98,6 +100,12 @@ def calibration_set(n: int = 64, images: str | Path | None = None, texts: str | 
         txt = txt[:max(4 * n, len(CLASSES))]
         source["texts"] = {"toyworld": "train", "seed": seed, "kinds": "class names, captions, expressions"}
     return CalibrationSet(imgs, txt, source)
+
+
+def is_default_calibration(source: dict | None) -> bool:
+    """Whether a build's recorded calibration source is the default (ToyWorld, DEFAULT_CALIB_N samples)."""
+    return bool(source) and source.get("n") == DEFAULT_CALIB_N and "toyworld" in source.get("images", {}) \
+        and "toyworld" in source.get("texts", {})
 
 
 def component_feeds(component: dict, manifest: dict, bundle_dir: str | Path,
@@ -142,6 +150,11 @@ def quantizable_nodes(path: str | Path, policy: Int8Policy, exclude: tuple[str, 
     return quantize, excluded
 
 
+class _DropPreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np.ndarray]],
                   policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = ()) -> dict:
     """FP32 ONNX -> Q/DQ INT8 ONNX calibrated on ``feeds``. Returns what was done, for the manifest."""
@@ -169,12 +182,18 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
                "Percentile": CalibrationMethod.Percentile}
     if policy.calibrate_method not in methods:
         raise ValueError(f"unknown calibrate_method {policy.calibrate_method!r}; choose one of {sorted(methods)}")
-    quantize_static(
-        str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=policy.per_channel, op_types_to_quantize=list(policy.op_types),
-        nodes_to_exclude=excluded, calibrate_method=methods[policy.calibrate_method],
-        extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
-                       "QuantizeBias": False})  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
+    hint = _DropPreprocessHint()  # ORT suggests quant_pre_process, which fails on our TorchScript exports
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_static(
+            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=policy.per_channel,
+            op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
+            calibrate_method=methods[policy.calibrate_method],
+            extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
+                           "QuantizeBias": False})  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
+    finally:
+        logging.getLogger().removeFilter(hint)
     if reader.count == 0:
         raise ValueError(f"calibration of {Path(src).name} saw no samples")
     return {"quantized_nodes": len(quantize), "excluded_nodes": excluded, "calibration_samples": reader.count}

@@ -378,3 +378,10 @@ def test_ort_quantize_static_qdq_int8_model(tmp_path, quantize_bias):
                                                                ("qdq-type", "gb_DequantizeLinear")}
     else:
         assert errors(issues) == [], format_issues(issues, dst)
+
+
+def test_non_onnx_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a protobuf")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        lint_file(bad)

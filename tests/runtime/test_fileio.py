@@ -20,3 +20,21 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
         atomic_write_bytes(p, "not bytes")
     assert p.read_bytes() == b"old"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_staged_dir_swaps_in_a_complete_folder_or_nothing(tmp_path):
+    from edgeseg.runtime.fileio import staged_dir
+
+    dest = tmp_path / "bundle"
+    with staged_dir(dest) as d:
+        (d / "a.txt").write_text("v1")
+        assert not dest.exists(), "the folder appeared before it was complete"
+    assert (dest / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with staged_dir(dest) as d:
+            (d / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert (dest / "a.txt").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    with staged_dir(dest) as d:
+        (d / "b.txt").write_text("v2")
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
