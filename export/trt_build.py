@@ -15,13 +15,12 @@ with an install hint; ``export/scripts/build-engines.sh`` runs the build on the 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime.fileio import atomic_write_bytes, sha256_file
+from edgeseg.runtime.fileio import atomic_write_bytes, cache_root, sha256_file
 from edgeseg.runtime.trt_backend import engine_key, environment, import_tensorrt, profile_from_spec
 
 
@@ -36,8 +35,7 @@ def require_tensorrt() -> Any:
 
 
 def engine_cache_dir() -> Path:
-    root = os.environ.get("EDGESEG_CACHE") or Path.home() / ".cache" / "edgeseg"
-    return Path(root) / "engines"
+    return cache_root() / "engines"
 
 
 def build_engine(onnx_path: str | Path, component: dict, out_dir: str | Path, opt_level: int = 3,

@@ -13,13 +13,12 @@ backend the bundle was built for (``manifest["backend"]``, ``ort-cpu`` for plain
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .fileio import sha256_file
+from .fileio import cache_root, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT, FORMAT_VERSION = "edgeseg-bundle", 1
@@ -183,7 +182,7 @@ class Bundle:
 def _ort_trt_options(comp: dict) -> dict:
     """ONNX Runtime TensorRT EP options: the profile from the manifest's min/opt/max shapes, engine and timing
     caches under the edgeseg cache folder, INT8 from the graph's own Q/DQ nodes (no calibration table)."""
-    root = Path(os.environ.get("EDGESEG_CACHE") or Path.home() / ".cache" / "edgeseg") / "ort-trt" / comp["sha256"][:16]
+    root = cache_root() / "ort-trt" / comp["sha256"][:16]
     opts: dict[str, Any] = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root),
                             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(root),
                             "trt_int8_enable": str(comp.get("precision") == "int8")}

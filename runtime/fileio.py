@@ -65,6 +65,11 @@ def replace_dir(new: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def cache_root() -> Path:
+    """Where edgeseg caches text embeddings and engines: ``$EDGESEG_CACHE`` or ``~/.cache/edgeseg``."""
+    return Path(os.environ.get("EDGESEG_CACHE") or Path.home() / ".cache" / "edgeseg")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle
 from .cache import TextEmbeddingCache
+from .fileio import cache_root
 from .tokenizer import ClipTokenizer
 
 
 def default_cache_dir() -> Path:
     """``$EDGESEG_CACHE/text`` or ``~/.cache/edgeseg/text``."""
-    root = os.environ.get("EDGESEG_CACHE") or Path.home() / ".cache" / "edgeseg"
-    return Path(root) / "text"
+    return cache_root() / "text"
 
 
 class TextEncoder:

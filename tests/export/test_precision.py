@@ -200,3 +200,19 @@ print('built without torch')
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and "built without torch" in res.stdout, res.stderr[-2000:]
+
+
+def test_backend_picks_the_provider_without_silent_fallback(lseg_bundle, tmp_path):
+    import onnxruntime
+
+    out = build_bundle(lseg_bundle, "fp16", "ort-cuda", out=tmp_path / "cuda", progress=False)
+    b = Bundle(out)
+    assert b.provider == "cuda" and Bundle(out).manifest["backend"] == "ort-cuda"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(RuntimeError, match="provider 'cuda' .* is not available .* provider='cpu'"):
+            b.session("lseg_head")
+    cpu = Bundle(out, provider="cpu")
+    x = np.zeros((1, 128, 48, 48), np.float32)
+    x[:, 0] = 1
+    t = np.eye(2, 128, dtype=np.float32)
+    assert cpu.run("lseg_head", {"pixel_embeds": x, "text_embeds": t})["logits"].shape == (1, 2, 96, 96)
