@@ -98,14 +98,15 @@ def _clip_agreement(b: Bundle, checkpoint: str, n: int, seed: int, precision: st
     from edgeseg.train.data.toyworld import SHAPES
     from edgeseg.train.train_clip import images_to_tensor, make_pool
 
-    model, cfg = load_clip(checkpoint)
+    model, _ = load_clip(checkpoint)
     prep = b.preprocessing
     pool = [s for s in make_pool("all", n, seed, prep["image_size"][0], max_objects=1, min_scale=0.3) if s.objects]
-    text = TextEncoder(b, cache_dir=None).embed(list(SHAPES))
+    encoder = TextEncoder(b, cache_dir=None)
+    text = encoder.embed(list(SHAPES))
     img = np.concatenate([b.run("clip_image", {"image": preprocess(s.image, prep)})["image_embeds"] for s in pool])
     ours = (img @ text.T).argmax(1)
     with torch.no_grad():
-        ids = torch.from_numpy(TextEncoder(b, cache_dir=None).tokenizer(list(SHAPES)))
+        ids = torch.from_numpy(encoder.tokenizer(list(SHAPES)))
         t = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
         x = images_to_tensor(np.stack([s.image for s in pool]), prep["mean"], prep["std"])
         v = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
