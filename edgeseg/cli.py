@@ -57,6 +57,11 @@ def _export(a: argparse.Namespace) -> None:
 
 
 def _verify(a: argparse.Namespace) -> None:
+    import platform
+    import time
+
+    import onnxruntime
+
     from edgeseg.export.fidelity import ensure_built, format_poly, polygraphy_compare, task_agreement
     from edgeseg.export.verify import format_table, verify_bundle
 
@@ -65,10 +70,6 @@ def _verify(a: argparse.Namespace) -> None:
     print(f"{target}: per-output parity with FP32 PyTorch")
     print(format_table(rows))
     failed = [] if all(r.ok for r in rows) else ["per-output parity (rows marked NO)"]
-    import onnxruntime
-    import platform
-    import time
-
     report: dict = {"command": "edgeseg " + " ".join(sys.argv[1:]), "bundle": str(target),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "machine": platform.platform(), "onnxruntime": onnxruntime.__version__, "provider": "cpu",

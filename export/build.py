@@ -100,9 +100,8 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
 
                 entry["engine"] = build_engine(dst_file, entry, tmp, **(trt_options or {}))
             comps[name] = entry
-        for extra in ("tokenizer.json",):
-            if (source.path / extra).is_file():
-                shutil.copyfile(source.path / extra, tmp / extra)
+        if (source.path / "tokenizer.json").is_file():
+            shutil.copyfile(source.path / "tokenizer.json", tmp / "tokenizer.json")
         manifest = dict(man, name=out.name, precision=precision, backend=backend, components=comps)
         earlier = man.get("build", {})
         manifest["build"] = {

@@ -29,6 +29,7 @@ def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) 
     output folder if it was built from this exact FP32 manifest with today's recipes and the default
     calibration, else built now (ORT CPU backend, default calibration)."""
     from .build import build_bundle, default_out, precision_recipe
+    from .quantize import is_default_calibration
 
     b = Bundle(bundle_dir)
     have = b.manifest.get("precision", "fp32")
@@ -42,8 +43,6 @@ def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) 
         same_source = built.manifest.get("build", {}).get("source_manifest_sha256") == sha256_file(b.path / MANIFEST)
         same_recipe = all(c.get("recipe") == precision_recipe(precision, b.component(n))
                           for n, c in built.components.items())
-        from .quantize import is_default_calibration
-
         cal = built.manifest["build"].get("calibration")
         same_calibration = precision != "int8" or is_default_calibration(cal)
         if same_source and same_recipe and same_calibration:

@@ -182,13 +182,14 @@ class Bundle:
 def _ort_trt_options(comp: dict) -> dict:
     """ONNX Runtime TensorRT EP options: the profile from the manifest's min/opt/max shapes, engine and timing
     caches under the edgeseg cache folder, INT8 from the graph's own Q/DQ nodes (no calibration table)."""
+    from .trt_backend import profile_from_spec  # the same profile the native TensorRT builder uses
+
     root = cache_root() / "ort-trt" / comp["sha256"][:16]
     opts: dict[str, Any] = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root),
                             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(root),
                             "trt_int8_enable": str(comp.get("precision") == "int8")}
-    dyn = [t for t in comp["inputs"] if t.get("min")]
-    if dyn:
-        for key, which in (("trt_profile_min_shapes", "min"), ("trt_profile_opt_shapes", "opt"),
-                           ("trt_profile_max_shapes", "max")):
-            opts[key] = ",".join(f"{t['name']}:{'x'.join(str(d) for d in t[which])}" for t in dyn)
+    profile = profile_from_spec(comp)
+    for key, which in (("trt_profile_min_shapes", "min"), ("trt_profile_opt_shapes", "opt"),
+                       ("trt_profile_max_shapes", "max")):
+        opts[key] = ",".join(f"{p['name']}:{'x'.join(str(d) for d in p[which])}" for p in profile)
     return opts

@@ -106,3 +106,13 @@ def test_tensorrt_engines_match_onnxruntime(lseg_bundle, tmp_path, precision):
     assert compare(a, b)[1] > 0.99
     again = build_bundle(lseg_bundle, precision, "tensorrt", out=tmp_path / "trt2", trt_options=cache, progress=False)
     assert all(c["engine"]["cache_hit"] for c in Bundle(again, provider="cpu").components.values())
+
+
+def test_ort_tensorrt_ep_options_carry_the_manifest_profile(lseg_bundle):
+    from edgeseg.runtime.bundle import _ort_trt_options
+
+    comp = Bundle(lseg_bundle).component("lseg_head")
+    opts = _ort_trt_options(comp)
+    assert opts["trt_profile_max_shapes"] == ",".join(
+        f"{t['name']}:{'x'.join(map(str, t['max']))}" for t in comp["inputs"])
+    assert opts["trt_int8_enable"] == "False" and comp["sha256"][:16] in opts["trt_engine_cache_path"]
