@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RT_VENV ?= .venv-runtime
 
-.PHONY: demo test test-py runtime-only clean
+.PHONY: demo test test-py runtime-only bench-cpu clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,28 @@ test-py: $(VENV)/.installed
 
 runtime-only: $(VENV)/.installed
 	$(VENV)/bin/edgeseg export lseg lseg_toy --out engines/lseg_toy
+	$(VENV)/bin/edgeseg export tcl tcl_toy --out engines/tcl_toy
+	$(VENV)/bin/edgeseg export ifseg ifseg_toy --out engines/ifseg_toy
 	$(PYTHON) -m venv $(RT_VENV)
 	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RT_VENV)/bin/python -m pip install -q ".[runtime]"
 	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch must not be installed' if u.find_spec('torch') else 0)"
 	$(VENV)/bin/edgeseg toyworld --split seen --seed 3 --n 1 --out out/runtime-only
 	$(VENV)/bin/edgeseg build engines/lseg_toy --precision int8
-	cd out && for b in lseg_toy lseg_toy_int8; do ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/$$b --out runtime-only/overlay_$$b.png --cache-dir runtime-only/cache || exit 1; done
-	@echo "runtime-only: 2 passed, 0 failed"
+	cd out && for b in lseg_toy lseg_toy_int8 tcl_toy ifseg_toy; do ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/$$b --out runtime-only/overlay_$$b.png --cache-dir runtime-only/cache || exit 1; done
+	@echo "runtime-only: 4 passed, 0 failed (lseg, lseg int8, tcl, ifseg)"
+
+# The CPU headline benchmarks of the README (each line reproduces one figure; JSON + .md + .png under
+# benchmarks/results/). About 15 minutes on 2 cores; run nothing else meanwhile.
+BENCH := $(VENV)/bin/edgeseg bench
+bench-cpu: $(VENV)/.installed
+	$(VENV)/bin/edgeseg export lseg lseg_toy --out engines/lseg_toy
+	$(BENCH) components clip_image/ViT-B-16 --backends torch-cpu-fp32 ort-cpu-fp32 ort-cpu-int8 ort-cpu-int8dyn --out benchmarks/results/vitb16-image-cpu.json
+	$(BENCH) pipeline engines/lseg_toy --backends torch-cpu-fp32 ort-cpu-fp32 ort-cpu-fp16 ort-cpu-int8 ort-cpu-int8dyn --iters 30 --out benchmarks/results/lseg-pipeline-cpu.json
+	$(BENCH) components lseg_encoder/toy-tiny clip_image/toy-tiny clip_text/toy-tiny --batch 1 8 --backends torch-cpu-fp32 ort-cpu-fp32 ort-cpu-int8 ort-cpu-int8dyn --out benchmarks/results/components-tiny-cpu.json
+	$(BENCH) components lseg_encoder/toy-tiny --backends torch-cpu-fp32 torch-cpu-compile ort-cpu-fp32 --out benchmarks/results/torch-compile-cpu.json
+	$(BENCH) text-cache engines/lseg_toy --out benchmarks/results/text-cache-cpu.json
+	$(BENCH) runtime --out benchmarks/results/runtime.json
 
 clean:
 	rm -rf $(VENV) $(RT_VENV) out build *.egg-info

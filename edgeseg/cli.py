@@ -41,6 +41,18 @@ def _train(a: argparse.Namespace) -> None:
         r = ClipRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr),
                                            ("warmup", a.warmup)) if v})
         print(json.dumps(train_clip(a.out or "train/checkpoints/clip_toy", r), indent=2))
+    elif a.what == "ifseg":
+        from edgeseg.train.train_ifseg import IFSegRecipe, train_ifseg
+
+        r = IFSegRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr),
+                                            ("warmup", a.warmup)) if v})
+        print(json.dumps(train_ifseg(a.out or "train/checkpoints/ifseg_toy", a.clip, r), indent=2))
+    elif a.what == "tcl":
+        from edgeseg.train.train_tcl import TCLRecipe, train_tcl
+
+        r = TCLRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr),
+                                          ("warmup", a.warmup)) if v is not None})
+        print(json.dumps(train_tcl(a.out or "train/checkpoints/tcl_toy", a.clip, r), indent=2))
     else:
         from edgeseg.train.train_lseg import LSegRecipe, train_lseg
 
@@ -121,10 +133,11 @@ def _lint(a: argparse.Namespace) -> None:
 
 def _segment(a: argparse.Namespace) -> None:
     from edgeseg.runtime.images import load_image
-    from edgeseg.runtime.lseg import LSegPredictor
+    from edgeseg.runtime.predictors import load_predictor
     from edgeseg.runtime.visualize import overlay, save_png
 
-    pred = LSegPredictor(a.bundle, provider=a.provider, cache_dir=a.cache_dir)
+    pred = load_predictor(a.bundle, a.method, provider=a.provider, cache_dir=a.cache_dir,
+                          postprocess=not a.no_post)
     image = load_image(a.image)
     res = pred.segment(image, a.labels)
     save_png(overlay(image, res.label_map, res.labels, title=", ".join(res.labels)), a.out)
@@ -134,9 +147,10 @@ def _segment(a: argparse.Namespace) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
-    from edgeseg.export.evaluate import eval_lseg
+    from edgeseg.export.evaluate import eval_method
 
-    res = eval_lseg(a.bundle, a.split, a.n, a.seed, compare_torch=a.compare_torch)
+    res = eval_method(a.method, a.bundle or f"engines/{a.method}_toy", a.split, a.n, a.seed,
+                      compare_torch=a.compare_torch, postprocess=not a.no_post)
     print(res.summary())
     if a.json:
         Path(a.json).write_text(json.dumps(res.__dict__, indent=2) + "\n")
@@ -151,11 +165,46 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def _bench(a: argparse.Namespace) -> None:
-    from edgeseg.export.bench import bench_encoders, format_results
+    from edgeseg.export.bench import compare, load_document, write_document
+    from edgeseg.export.bench_report import compare_markdown, markdown
 
-    doc = bench_encoders(a.cases, a.iters, a.batch, a.threads, a.out)
-    print(format_results(doc))
-    print(f"wrote {a.out}")
+    if a.what == "compare":
+        if len(a.targets) != 2:
+            raise ValueError(f"bench compare needs two result files A.json B.json; got {a.targets}")
+        rows = compare(load_document(a.targets[0]), load_document(a.targets[1]))
+        print(compare_markdown(rows, *a.targets))
+        return
+    if a.what == "report":
+        for t in a.targets:
+            print("\n".join(str(p) for p in write_document(load_document(t), t)))
+        return
+    if a.what == "components":
+        from edgeseg.export.bench_components import CASES, bench_components
+
+        doc = bench_components(a.targets or list(CASES)[:3], a.backends, tuple(a.batch), a.iters, a.warmup,
+                               a.threads, memory=not a.no_memory, workdir=a.workdir)
+    elif a.what == "pipeline":
+        from edgeseg.export.bench_pipelines import bench_pipeline
+
+        doc = bench_pipeline(a.targets[0] if a.targets else "engines/lseg_toy", a.backends,
+                             a.labels.split(",") if a.labels else None, a.iters, a.warmup, a.threads)
+    elif a.what == "text-cache":
+        from edgeseg.export.bench_pipelines import bench_text_cache
+
+        doc = bench_text_cache(a.targets[0] if a.targets else "engines/lseg_toy",
+                               a.labels.split(",") if a.labels else None, a.iters, a.threads)
+    else:
+        from edgeseg.export.bench_pipelines import bench_runtime
+
+        doc = bench_runtime(a.iters)
+    out = a.out or f"benchmarks/results/{a.what}.json"
+    written = write_document(doc, out)
+    print(markdown(doc))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+METHODS = ["lseg", "tcl", "ifseg"]  # segmentation methods (the runtime's PREDICTORS; listed here so the
+# parser needs no runtime import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_toyworld)
 
     s = sub.add_parser("train", help="train the tiny CLIP or LSeg on ToyWorld")
-    s.add_argument("what", choices=["clip", "lseg"])
+    s.add_argument("what", choices=["clip", "lseg", "ifseg", "tcl"])
     s.add_argument("--out")
-    s.add_argument("--clip", default="clip_toy", help="CLIP checkpoint for LSeg (default: bundled clip_toy)")
+    s.add_argument("--clip", default="clip_toy", help="CLIP checkpoint for LSeg / IFSeg (default: bundled clip_toy)")
     s.add_argument("--steps", type=int)
     s.add_argument("--batch", type=int)
     s.add_argument("--lr", type=float)
@@ -182,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_train)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX bundle with manifest")
-    s.add_argument("method", choices=["lseg", "clip"])
+    s.add_argument("method", help="lseg, clip, tcl, ifseg (see edgeseg.export.bundle.METHODS)")
     s.add_argument("checkpoint", help="checkpoint folder or bundled name (lseg_toy, clip_toy); for clip also "
                                       "ViT-B-16 (random init) or ViT-B-16:/path/to/open_clip.pt")
     s.add_argument("--out", required=True)
@@ -191,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="compare every bundle component with PyTorch (and FP16/INT8 fidelity)")
     s.add_argument("bundle")
     s.add_argument("--checkpoint", help="override the source checkpoint named in the manifest")
-    s.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8", "int8dyn"],
                    help="verify this precision build of an FP32 bundle (built into BUNDLE_<precision> if missing "
                         "or stale), with the task-level agreement bar")
     s.add_argument("--task", action="store_true", help="also report task-level agreement for an FP32 bundle")
@@ -204,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="FP32 bundle -> FP16 / INT8 bundle (and TensorRT engines)")
     s.add_argument("bundle", help="an FP32 bundle folder (edgeseg export ...)")
-    s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8", "int8dyn"],
+                   help="int8: Q/DQ (portable: ONNX Runtime, TensorRT); int8dyn: ONNX Runtime CPU dynamic INT8 "
+                        "(fastest on CPU, ort-cpu only)")
     s.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
                    help="tensorrt builds engines on this machine's GPU (needs TensorRT 10.3+ / 11)")
     s.add_argument("--out", help="default: BUNDLE_<precision> (BUNDLE_<precision>_trt for tensorrt)")
@@ -223,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("--labels", required=True, help='comma-separated, e.g. "circle,star,grass"')
     s.add_argument("--bundle", default="engines/lseg_toy")
+    s.add_argument("--method", choices=METHODS, help="check the bundle holds this method (default: the bundle's)")
+    s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--out", default="overlay.png")
     s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"],
                    help="default: the backend the bundle was built for (cpu for exports)")
@@ -230,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_segment)
 
     s = sub.add_parser("eval", help="ToyWorld mIoU through the runtime")
-    s.add_argument("method", choices=["lseg"])
-    s.add_argument("--bundle", default="engines/lseg_toy")
+    s.add_argument("method", choices=METHODS)
+    s.add_argument("--bundle", help="default: engines/<method>_toy")
+    s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--split", default="seen", choices=["seen", "unseen", "generalized"])
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
@@ -245,14 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=50, help="scenes per eval split")
     s.set_defaults(fn=_demo)
 
-    s = sub.add_parser("bench", help="latency benchmarks (JSON under benchmarks/results/)")
-    s.add_argument("what", choices=["encoders"])
-    s.add_argument("--cases", nargs="*", help="default: all (lseg_encoder/toy-tiny clip_image/toy-tiny "
-                                               "clip_image/ViT-B-16)")
+    s = sub.add_parser("bench", help="latency benchmarks: JSON + markdown + PNG under benchmarks/results/",
+                       description="components [CASE ...]: one component across backends and batch sizes; "
+                                   "pipeline [BUNDLE]: set_image + predict per stage and backend; text-cache "
+                                   "[BUNDLE]: encode vs cache hits; runtime: import time and install size; "
+                                   "compare A.json B.json: speed-up ratios; report R.json: redraw table and plot")
+    s.add_argument("what", choices=["components", "pipeline", "text-cache", "runtime", "compare", "report"])
+    s.add_argument("targets", nargs="*", help="components: cases (default: the tiny ones; see "
+                                              "edgeseg.export.bench_components.CASES); pipeline / text-cache: an FP32 "
+                                              "bundle (default engines/lseg_toy); compare: A.json B.json")
+    s.add_argument("--backends", nargs="+", help="default: torch-cpu-fp32 ort-cpu-fp32 ort-cpu-int8 (CPU) or the "
+                                                  "CUDA/TensorRT set (GPU); see bench_components.BACKENDS")
+    s.add_argument("--batch", type=int, nargs="+", default=[1], help="components: batch sizes")
+    s.add_argument("--labels", help="pipeline / text-cache: comma-separated (default: the 14 ToyWorld classes)")
     s.add_argument("--iters", type=int, default=20)
-    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--out", default="benchmarks/results/encoders-cpu.json")
+    s.add_argument("--no-memory", action="store_true", help="components: skip the per-backend memory subprocess")
+    s.add_argument("--workdir", help="components: keep exported/built bundles here for reuse (default: temporary)")
+    s.add_argument("--out", help="default: benchmarks/results/<what>.json")
     s.set_defaults(fn=_bench)
     return p
 

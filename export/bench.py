@@ -1,9 +1,20 @@
-"""``edgeseg bench encoders``: PyTorch eager vs ONNX Runtime CPU latency of image encoders, in one run.
+"""Benchmark harness shared by every ``edgeseg bench`` subcommand: statistics, machine facts, device peaks,
+result documents (JSON + markdown + PNG) and ``compare``.
 
-Each case is exported to a temporary ONNX file, then PyTorch and ORT are timed in alternating rounds on the
-same input (warm-up first) so that machine noise hits both alike. Results (p50/p90/mean with a 95% CI,
-ratio of medians, machine, versions, the exact command) are written as JSON under ``benchmarks/results/``.
-Ratios are the figures to compare; absolute CPU times depend on the machine.
+A result document is one JSON file under ``benchmarks/results/``::
+
+    {"benchmark": "components", "command": "edgeseg bench ...", "created": ..., "machine": {...},
+     "versions": {...}, "settings": {...}, "rows": [ROW, ...]}
+
+and every ROW has the same keys, so ``compare``, the table and the plot work on any benchmark::
+
+    {"name": "clip_image/ViT-B-16", "backend": "ort-cpu-int8", "batch": 1, "skipped": None | "reason",
+     "latency_ms": {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "mean_ci95_ms", "n"},
+     "stages_ms": {stage: p50 ms}, "throughput_per_s": float, "memory": {"peak_rss_mb", ...},
+     "flops": {"gflops", ...}, "fraction_of_peak": float | None, "fidelity": {"cosine_vs_torch_fp32": ...},
+     "extra": {...}}
+
+Absolute times depend on the machine; ratios measured in one run are the figures to compare.
 """
 
 from __future__ import annotations
@@ -11,101 +22,211 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgeseg.runtime.fileio import atomic_write_bytes
 
-from .bundle import _versions, build_components, export_component
-
-CASES = {  # name -> (method, checkpoint, component)
-    "lseg_encoder/toy-tiny": ("lseg", "lseg_toy", "lseg_encoder"),
-    "clip_image/toy-tiny": ("clip", "clip_toy", "clip_image"),
-    "clip_image/ViT-B-16": ("clip", "ViT-B-16", "clip_image"),
+RESULTS_DIR = Path("benchmarks/results")
+ROW_KEYS = ("name", "backend", "batch", "skipped", "latency_ms", "stages_ms", "throughput_per_s", "memory",
+            "flops", "fraction_of_peak", "fidelity", "extra")
+# Nominal dense peaks (vendor datasheets), TFLOP/s or TOP/s: FP32 (CUDA cores), FP16 and INT8 (tensor cores).
+GPU_PEAKS_T = {
+    "H100 SXM": {"fp32": 67.0, "fp16": 989.0, "int8": 1979.0},
+    "H100 PCIe": {"fp32": 51.0, "fp16": 756.0, "int8": 1513.0},
+    "H100 NVL": {"fp32": 60.0, "fp16": 835.0, "int8": 1671.0},
+    "H200": {"fp32": 67.0, "fp16": 989.0, "int8": 1979.0},
+    "A100": {"fp32": 19.5, "fp16": 312.0, "int8": 624.0},
 }
 
 
-def _stats(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    half = 1.96 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+def latency_stats(ms: list[float] | np.ndarray) -> dict:
+    """p50/p90/p99/mean of per-iteration milliseconds, with a 95% normal-approximation CI of the mean."""
+    a = np.asarray(ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no timed iterations: iters must be >= 1")
+    half = 1.96 * a.std(ddof=1) / np.sqrt(a.size) if a.size > 1 else 0.0
     return {"p50_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
-            "mean_ci95_ms": [float(a.mean() - half), float(a.mean() + half)], "n": int(len(a))}
+            "mean_ci95_ms": [float(a.mean() - half), float(a.mean() + half)], "n": int(a.size)}
 
 
-def _machine() -> dict:
-    cpu = platform.processor()
+def make_row(name: str, backend: str, batch: int, **fields) -> dict:
+    """A result row with every key of :data:`ROW_KEYS` (missing ones None / {})."""
+    row = {"name": name, "backend": backend, "batch": batch, "skipped": None, "latency_ms": None, "stages_ms": {},
+           "throughput_per_s": None, "memory": {}, "flops": {}, "fraction_of_peak": None, "fidelity": {},
+           "extra": {}}
+    bad = set(fields) - set(ROW_KEYS)
+    assert not bad, f"unknown row fields {bad}"
+    row.update(fields)
+    if row["latency_ms"] and row["throughput_per_s"] is None:
+        row["throughput_per_s"] = 1e3 * batch / row["latency_ms"]["p50_ms"]
+    return row
+
+
+def _cpu_facts() -> dict:
+    facts: dict = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return facts
+    for line in info.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "model name" and "cpu" not in facts.get("_seen", ()):
+            facts["cpu"], facts["_seen"] = val, ("cpu",)
+        elif key == "cpu MHz" and "mhz" not in facts:
+            facts["mhz"] = float(val)
+        elif key == "flags" and "flags" not in facts:
+            have = set(val.split())
+            facts["flags"] = sorted(have & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                            "amx_bf16", "asimd", "sve"})
+    facts.pop("_seen", None)
+    try:
+        facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    return facts
 
 
-def bench_case(name: str, batch: int = 1, iters: int = 20, warmup: int = 3, threads: int = 2) -> dict:
-    import onnxruntime as ort
+def _gpu_facts() -> dict | None:
+    """GPU name, compute capability, clocks and power limit (nvidia-smi), Jetson power mode (nvpmodel)."""
+    facts: dict = {}
+    try:
+        import torch
 
-    method, ckpt, comp = CASES[name]
-    comps, _ = build_components(method, ckpt)
-    wrapper, spec = comps[comp]
-    shape = list(spec.inputs[0].opt)
-    shape[0] = batch
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"{comp}.onnx"
-        t0 = time.perf_counter()
-        export_component(wrapper, spec, path)
-        export_s = time.perf_counter() - t0
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed = {spec.inputs[0].name: x.numpy()}
-        torch_ms, ort_ms = [], []
-        with torch.inference_mode():
-            for i in range(warmup + iters):
-                t = time.perf_counter()
-                wrapper(x)
-                t_torch = (time.perf_counter() - t) * 1e3
-                t = time.perf_counter()
-                sess.run(None, feed)
-                t_ort = (time.perf_counter() - t) * 1e3
-                if i >= warmup:
-                    torch_ms.append(t_torch)
-                    ort_ms.append(t_ort)
-    pt, ox = _stats(torch_ms), _stats(ort_ms)
-    return {"case": name, "batch": batch, "input_shape": shape, "threads": threads, "export_seconds": round(export_s, 2),
-            "pytorch_eager_fp32": pt, "ort_cpu_fp32": ox, "speedup_ort_vs_torch_p50": pt["p50_ms"] / ox["p50_ms"]}
+        if not torch.cuda.is_available():
+            return None
+        p = torch.cuda.get_device_properties(0)
+        facts.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gb=round(p.total_memory / 2**30, 1),
+                     multiprocessors=p.multi_processor_count)
+    except ImportError:
+        return None
+    if shutil.which("nvidia-smi"):
+        q = "clocks.sm,clocks.max.sm,clocks.mem,power.limit,driver_version"
+        r = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+        if r.returncode == 0 and r.stdout.strip():
+            facts.update(zip(q.split(","), [v.strip() for v in r.stdout.splitlines()[0].split(",")]))
+    if shutil.which("nvpmodel"):
+        r = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=20)
+        facts["jetson_power_mode"] = " ".join(r.stdout.split())[:200]
+    return facts
 
 
-def bench_encoders(cases: list[str] | None = None, iters: int = 20, batch: int = 1, threads: int = 2,
-                   out: str | Path = "benchmarks/results/encoders-cpu.json") -> dict:
-    cases = cases or list(CASES)
-    bad = [c for c in cases if c not in CASES]
-    if bad:
-        raise ValueError(f"unknown bench case(s) {bad}; choose from {list(CASES)}")
-    from tqdm import tqdm
+def machine_info() -> dict:
+    return {**_cpu_facts(), "platform": platform.platform(), "python": platform.python_version(),
+            "gpu": _gpu_facts()}
 
-    results = [bench_case(c, batch, iters, threads=threads) for c in tqdm(cases, desc="bench encoders")]
-    doc = {"benchmark": "encoders", "command": "edgeseg " + " ".join(sys.argv[1:]) if sys.argv else "",
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
-           "versions": _versions(), "results": results}
-    atomic_write_bytes(out, (json.dumps(doc, indent=2) + "\n").encode())
+
+def device_peak_gflops(machine: dict, device: str, precision: str) -> float | None:
+    """Nominal peak GFLOP/s (GOP/s for int8) of the device a backend runs on, or None when unknown.
+
+    CPU: cores x clock x FLOP/cycle of the widest FP32 FMA unit (AVX-512: 64, AVX2+FMA: 32); int8 x4 with VNNI
+    (dot products of 4 int8 per 32-bit lane), fp16 as fp32 (no FP16 arithmetic in ONNX Runtime's CPU kernels).
+    GPU: :data:`GPU_PEAKS_T` by name. ``EDGESEG_PEAK_GFLOPS`` overrides both (e.g. for a Jetson).
+    """
+    precision = "int8" if precision.startswith("int8") else precision
+    if os.environ.get("EDGESEG_PEAK_GFLOPS"):
+        return float(os.environ["EDGESEG_PEAK_GFLOPS"])
+    if device == "cuda":
+        name = (machine.get("gpu") or {}).get("name", "")
+        for key, peaks in GPU_PEAKS_T.items():
+            if all(part in name for part in key.split()):
+                return peaks[precision] * 1e3
+        return None
+    flags, mhz, cores = set(machine.get("flags", [])), machine.get("mhz"), machine.get("cores")
+    if not mhz or not cores:
+        return None
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else None
+    if per_cycle is None:
+        return None
+    fp32 = cores * mhz / 1e3 * per_cycle
+    vnni = flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return fp32 * (4 if precision == "int8" and vnni else 1)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    from edgeseg import __version__
+
+    out = {"edgeseg": __version__, "python": platform.python_version()}
+    for dist in ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "open_clip_torch", "tensorrt", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def new_document(benchmark: str, settings: dict) -> dict:
+    return {"benchmark": benchmark, "command": "edgeseg " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
+            "versions": versions(), "settings": settings, "rows": []}
+
+
+def write_document(doc: dict, out: str | Path, plot: bool = True) -> list[Path]:
+    """Write ``out`` (JSON), ``out`` .md (table) and, with matplotlib, ``out`` .png (plot); atomically each."""
+    from .bench_report import markdown, plot_png
+
+    out = Path(out)
+    atomic_write_bytes(out, (json.dumps(doc, indent=2, default=float) + "\n").encode())
+    written = [out]
+    md_path = out.with_suffix(".md")
+    atomic_write_bytes(md_path, (markdown(doc) + "\n").encode())
+    written.append(md_path)
+    if plot:
+        png = plot_png(doc, out.with_suffix(".png"))
+        if png:
+            written.append(png)
+    return written
+
+
+def load_document(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark result {str(path)!r} not found; produce it with edgeseg bench ...")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run the benchmark that wrote it") from None
+    if not isinstance(doc, dict) or "rows" not in doc:
+        raise ValueError(f"{path} is not an edgeseg benchmark result (no 'rows'); re-run edgeseg bench ...")
     return doc
 
 
-def format_results(doc: dict) -> str:
-    lines = ["| case | batch | PyTorch eager p50 ms | ORT CPU p50 ms | ORT / PyTorch speed-up |", "|---|---|---|---|---|"]
-    for r in doc["results"]:
-        lines.append(f"| {r['case']} | {r['batch']} | {r['pytorch_eager_fp32']['p50_ms']:.1f} | "
-                     f"{r['ort_cpu_fp32']['p50_ms']:.1f} | {r['speedup_ort_vs_torch_p50']:.2f}x |")
-    return "\n".join(lines)
+def compare(a: dict, b: dict) -> list[dict]:
+    """Rows present (and timed) in both documents, matched on (name, backend, batch): speed-up of B over A as the
+    ratio of medians A.p50 / B.p50 (> 1: B is faster), and per stage where both have stages."""
+    index = {(r["name"], r["backend"], r["batch"]): r for r in a["rows"] if r.get("latency_ms")}
+    out = []
+    for r in b["rows"]:
+        key = (r["name"], r["backend"], r["batch"])
+        ra = index.get(key)
+        if ra is None or not r.get("latency_ms"):
+            continue
+        stages = {s: ra["stages_ms"][s] / v for s, v in r.get("stages_ms", {}).items()
+                  if v and ra.get("stages_ms", {}).get(s)}
+        out.append({"name": key[0], "backend": key[1], "batch": key[2], "a_p50_ms": ra["latency_ms"]["p50_ms"],
+                    "b_p50_ms": r["latency_ms"]["p50_ms"],
+                    "speedup_b_over_a": ra["latency_ms"]["p50_ms"] / r["latency_ms"]["p50_ms"], "stages": stages})
+    return out
+
+
+def ratios_within(doc: dict, baseline: str) -> list[dict]:
+    """Speed-up of every backend over ``baseline`` for each (name, batch) of one document (same run)."""
+    base = {(r["name"], r["batch"]): r for r in doc["rows"] if r["backend"] == baseline and r.get("latency_ms")}
+    out = []
+    for r in doc["rows"]:
+        b = base.get((r["name"], r["batch"]))
+        if b is None or r["backend"] == baseline or not r.get("latency_ms"):
+            continue
+        out.append({"name": r["name"], "batch": r["batch"], "backend": r["backend"], "baseline": baseline,
+                    "speedup_p50": b["latency_ms"]["p50_ms"] / r["latency_ms"]["p50_ms"]})
+    return out

@@ -25,7 +25,8 @@ from edgeseg.runtime.fileio import sha256_file, staged_dir
 
 from .lint import TARGETS, lint_file
 from .precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
-from .quantize import DEFAULT_CALIB_N, INT8_POLICY, calibration_set, component_feeds, quantize_int8
+from .quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
+                       quantize_int8, quantize_int8_dynamic)
 
 TRT_BACKENDS = ("ort-trt", "tensorrt")  # lint errors stop these builds
 
@@ -46,6 +47,9 @@ def precision_recipe(precision: str, component: dict) -> dict:
     if precision == "int8":
         return {"precision": "int8", "tool": "onnxruntime.quantization.quantize_static (QDQ)",
                 **INT8_POLICY.to_dict(), "exclude": list(hints.get("int8_exclude", []))}
+    if precision == "int8dyn":
+        return {"precision": "int8dyn", "tool": "onnxruntime.quantization.quantize_dynamic (MatMulInteger)",
+                **INT8_DYNAMIC_POLICY.to_dict(), "exclude": list(hints.get("int8_exclude", []))}
     return {"precision": "fp32"}
 
 
@@ -60,6 +64,10 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if precision == "int8dyn" and backend != "ort-cpu":
+        raise ValueError(f"precision int8dyn (ONNX Runtime dynamic quantization, MatMulInteger) runs on the "
+                         f"ort-cpu backend only, not {backend!r}: TensorRT cannot build it; use --precision int8 "
+                         f"(Q/DQ) for {backend}")
     source = Bundle(src, provider="cpu")  # checks the manifest and every file hash
     man = source.manifest
     have = man.get("precision", "fp32")
@@ -91,6 +99,8 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
             elif precision == "int8":
                 done = quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib),
                                      exclude=tuple(recipe["exclude"]))
+            elif precision == "int8dyn":
+                done = quantize_int8_dynamic(src_file, dst_file, exclude=tuple(recipe["exclude"]))
             lint_summary[name] = _lint(dst_file, comp, lint_targets, strict=backend in TRT_BACKENDS)
             entry = {k: v for k, v in comp.items() if k != "engine"}  # an engine is rebuilt, never carried over
             entry.update(sha256=sha256_file(dst_file), precision=precision, recipe=recipe, converted=done,

@@ -22,6 +22,9 @@ from edgeseg.runtime.fileio import sha256_file, staged_dir
 from edgeseg.train.checkpoint import resolve_checkpoint
 
 from . import clip_image, clip_text, lseg_encoder, lseg_head
+from . import ifseg_encoder, ifseg_head
+from . import tcl_encoder, tcl_head
+from .tcl_bundle import tcl_components
 from .spec import ComponentSpec
 from .tokenizer import build_clip_tokenizer_json
 
@@ -32,6 +35,10 @@ COMPONENTS = {  # every exportable component: name -> module holding its wrapper
     clip_image.NAME: clip_image,
     lseg_encoder.NAME: lseg_encoder,
     lseg_head.NAME: lseg_head,
+    ifseg_encoder.NAME: ifseg_encoder,
+    ifseg_head.NAME: ifseg_head,
+    tcl_encoder.NAME: tcl_encoder,
+    tcl_head.NAME: tcl_head,
 }
 
 
@@ -75,7 +82,41 @@ def _clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module,
                                                                                  "template": "{}"}}
 
 
-METHODS: dict[str, Callable] = {"lseg": _lseg_components, "clip": _clip_components}
+def _ifseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
+    """An IFSeg checkpoint folder (decoder + the frozen CLIP it names), or ``ViT-B-16[:/path/to/open_clip.pt]``:
+    that CLIP (random init without a path) with a randomly initialized full-size decoder, for export checks."""
+    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, list_models
+    from edgeseg.train.ifseg import IFSEG_CONFIGS, IFSegDecoder
+    from edgeseg.train.train_ifseg import KNN_DEFAULTS, TEMPLATE, load_ifseg
+
+    name, _, weights = str(checkpoint).partition(":")
+    if name in list_models():
+        clip = create_clip(name, weights or None)
+        with torch.random.fork_rng():  # seeded: verify rebuilds the same random decoder
+            torch.manual_seed(0)
+            decoder = IFSegDecoder(IFSEG_CONFIGS["vit-b16" if name.startswith("ViT-B-16") else name]).eval()
+        ctx = clip_config(name)["text_cfg"]["context_length"]
+        cfg = {"preprocessing": clip_preprocessing(name, clip), "knn": dict(KNN_DEFAULTS),
+               "clip": {"template": TEMPLATE}, "tokenizer": {"context_length": ctx}}
+    else:
+        decoder, clip, cfg = load_ifseg(checkpoint)
+    size, ctx = tuple(cfg["preprocessing"]["image_size"]), cfg["tokenizer"]["context_length"]
+    dim, grid = decoder.config.embed_dim, tuple(clip.visual.grid_size)
+    comps = {
+        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
+        ifseg_encoder.NAME: (ifseg_encoder.IFSegEncoderWrapper(clip.visual), ifseg_encoder.spec(size, grid, dim)),
+        ifseg_head.NAME: (ifseg_head.IFSegHeadWrapper(decoder), ifseg_head.spec(grid, dim)),
+    }
+    info = {"preprocessing": cfg["preprocessing"], "context_length": ctx,
+            "method_config": {"template": cfg["clip"]["template"], "knn": cfg["knn"],
+                              "vocabulary_trained": cfg.get("vocabulary", []),
+                              "architecture": decoder.config.to_dict()},
+            "metrics": cfg.get("metrics", {})}
+    return comps, info
+
+
+METHODS: dict[str, Callable] = {"lseg": _lseg_components, "clip": _clip_components, "ifseg": _ifseg_components,
+                                "tcl": tcl_components}
 
 
 def build_components(method: str, checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
@@ -95,7 +136,7 @@ def example_inputs(name: str, spec: ComponentSpec, which: str = "opt", batch: in
     xs = list(spec.example_inputs(which, g))
     if batch is not None:
         xs = [x[:1].expand(batch, *x.shape[1:]).clone() if x.dim() == 4 else x for x in xs]
-    if name == lseg_head.NAME:
+    if name in (lseg_head.NAME, ifseg_head.NAME, tcl_head.NAME):
         xs = [torch.nn.functional.normalize(x, dim=1 if x.dim() == 4 else -1) for x in xs]
     return tuple(xs)
 

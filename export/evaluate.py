@@ -1,4 +1,5 @@
-"""``edgeseg eval lseg``: ToyWorld mIoU through the runtime (no torch needed unless compared with PyTorch).
+"""``edgeseg eval lseg|tcl|ifseg``: ToyWorld mIoU through the runtime (no torch needed unless compared with
+PyTorch). Every method runs through its runtime predictor (:mod:`edgeseg.runtime.predictors`).
 
 Splits and label sets:
 - ``seen``: scenes with seen shapes; labels = seen shapes + stuff (the training label set).
@@ -16,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.runtime.lseg import LSegPredictor
+from edgeseg.runtime.predictors import load_predictor
 from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.train.data.toyworld import (SEEN_SHAPES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig,
                                          label_lut)
+
+from .tcl_eval import tcl_torch_predictor
 
 EVAL_SPLITS = {  # name -> (ToyWorld split, label set)
     "seen": ("seen", list(SEEN_SHAPES) + list(STUFF)),
@@ -39,30 +42,38 @@ class EvalResult:
     per_class_iou: dict[str, float]
     timings_ms: dict[str, float] = field(default_factory=dict)  # median per stage
     torch_agreement: float | None = None  # fraction of pixels where runtime and PyTorch label maps agree
+    method: str = "lseg"
+    postprocess: bool = True  # the method's refinement (TCL: PAMR, IFSeg: kNN) was on
 
     def summary(self) -> str:
-        s = f"{self.split:<12} n={self.n:<4} mIoU={self.miou:.4f}  pixel-acc={self.pixel_accuracy:.4f}"
+        s = (f"{self.method:<6} {self.split:<12} n={self.n:<4} mIoU={self.miou:.4f}  "
+             f"pixel-acc={self.pixel_accuracy:.4f}  post-processing={'on' if self.postprocess else 'off'}")
         if self.torch_agreement is not None:
             s += f"  runtime-vs-torch agreement={self.torch_agreement:.5f}"
         return s
 
 
-def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int = 0, cache_dir="default",
-              compare_torch: str | Path | None = None, progress: bool = True) -> EvalResult:
-    """mIoU of a bundle on ``n`` ToyWorld scenes; ``compare_torch`` (an LSeg checkpoint) adds the
-    runtime-vs-PyTorch label-map agreement on the same scenes."""
+def eval_method(method: str | None, bundle: str | Path, split: str = "seen", n: int = 200, seed: int = 0,
+                cache_dir="default", compare_torch: str | Path | None = None, progress: bool = True,
+                postprocess: bool = True) -> EvalResult:
+    """mIoU of a bundle on ``n`` ToyWorld scenes through the runtime predictor of ``method`` (None: the
+    bundle's). ``compare_torch`` (a checkpoint of that method, where :data:`TORCH_REFERENCES` has one) adds
+    the runtime-vs-PyTorch label-map agreement on the same scenes."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"unknown eval split {split!r}; choose one of {sorted(EVAL_SPLITS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     world_split, labels = EVAL_SPLITS[split]
-    pred = LSegPredictor(bundle, cache_dir=cache_dir)
+    pred = load_predictor(bundle, method, cache_dir=cache_dir, postprocess=postprocess)
+    method = pred.bundle.method
+    if compare_torch and method not in TORCH_REFERENCES:
+        raise ValueError(f"no PyTorch reference for method {method!r} (have: {sorted(TORCH_REFERENCES)})")
     size = pred.bundle.preprocessing["image_size"][0]
     world = ToyWorld(world_split, seed, ToyWorldConfig(size=size))
     lut, cm = label_lut(labels), ConfusionMatrix(len(labels))
-    torch_fn = _torch_predictor(compare_torch, labels) if compare_torch else None
+    torch_fn = TORCH_REFERENCES[method](compare_torch, labels) if compare_torch else None
     agree, total, times = 0, 0, []
-    for i in tqdm(range(n), desc=f"eval lseg {split}", disable=not progress):
+    for i in tqdm(range(n), desc=f"eval {method} {split}", disable=not progress):
         scene = world[i]
         res = pred.segment(scene.image, labels)
         cm.update(lut[scene.semantic], res.label_map)
@@ -75,10 +86,16 @@ def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int =
     return EvalResult(split, n, seed, labels, cm.miou(), cm.pixel_accuracy(),
                       {l: float(v) for l, v in zip(labels, iou) if np.isfinite(v)},
                       {k: float(np.median([t[k] for t in times])) for k in times[0]},
-                      agree / total if total else None)
+                      agree / total if total else None, method, postprocess)
 
 
-def _torch_predictor(checkpoint: str | Path, labels: list[str]):
+def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int = 0, cache_dir="default",
+              compare_torch: str | Path | None = None, progress: bool = True) -> EvalResult:
+    """:func:`eval_method` for an LSeg bundle."""
+    return eval_method("lseg", bundle, split, n, seed, cache_dir, compare_torch, progress)
+
+
+def _lseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
     """PyTorch reference: the same preprocessing, argmax of the model's logits at the input size."""
     import torch
 
@@ -95,3 +112,14 @@ def _torch_predictor(checkpoint: str | Path, labels: list[str]):
         return logits.argmax(1)[0].numpy().astype(np.int32)
 
     return run
+
+
+def _ifseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
+    """PyTorch reference of IFSeg, kNN refinement on (the runtime default): compare with post-processing on."""
+    from edgeseg.train.train_ifseg import torch_reference
+
+    return torch_reference(checkpoint, labels)
+
+
+# method -> (checkpoint, labels) -> (uint8 HxWx3 image -> HxW int32 label map) in PyTorch, for --compare-torch
+TORCH_REFERENCES = {"lseg": _lseg_torch_predictor, "ifseg": _ifseg_torch_predictor, "tcl": tcl_torch_predictor}

@@ -19,9 +19,9 @@ import numpy as np
 from edgeseg.runtime.bundle import MANIFEST, Bundle
 from edgeseg.runtime.fileio import sha256_file
 
-AGREEMENT_BARS = {"fp32": 0.999, "fp16": 0.98, "int8": 0.95}
-COSINE_BARS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}  # per component output, vs FP32 PyTorch
-POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-1)}  # (atol, rtol) on medians
+AGREEMENT_BARS = {"fp32": 0.999, "fp16": 0.98, "int8": 0.95, "int8dyn": 0.95}
+COSINE_BARS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int8dyn": 0.99}  # per component output, vs FP32 PyTorch
+POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-1), "int8dyn": (5e-2, 2e-1)}  # (atol, rtol) on medians
 
 
 def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) -> Path:
@@ -77,11 +77,12 @@ def task_agreement(bundle_dir: str | Path, n: int = 100, seed: int = 0, progress
     b = Bundle(bundle_dir)
     precision = b.manifest.get("precision", "fp32")
     checkpoint = b.manifest["source"]["checkpoint"]
-    if b.method == "lseg":
-        from .evaluate import eval_lseg
+    from .evaluate import TORCH_REFERENCES, eval_method
 
-        res = eval_lseg(b.path, "generalized", n, seed, cache_dir=None, compare_torch=checkpoint, progress=progress)
-        return TaskAgreement("lseg", precision, "label-map agreement with FP32 PyTorch, generalized split",
+    if b.method in TORCH_REFERENCES:  # segmentation methods: lseg, tcl, ifseg (post-processing on)
+        res = eval_method(b.method, b.path, "generalized", n, seed, cache_dir=None, compare_torch=checkpoint,
+                          progress=progress)
+        return TaskAgreement(b.method, precision, "label-map agreement with FP32 PyTorch, generalized split",
                              float(res.torch_agreement), AGREEMENT_BARS[precision], n, res.miou)
     if b.method == "clip":
         return _clip_agreement(b, checkpoint, n, seed, precision)

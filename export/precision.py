@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8dyn")  # int8dyn: ONNX Runtime CPU dynamic INT8 (export/quantize.py)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ INT8 policy (``INT8_POLICY``, written into every INT8 bundle's manifest):
   (``train`` split, a seed apart from every evaluation seed) and ToyWorld captions / class names / referring
   expressions for text towers, or a user's image folder and text file (:func:`calibration_set`).
 A component with no quantizable op (the LSeg head) is kept in FP32 and the manifest says so.
+
+``int8dyn`` (ONNX Runtime CPU only, :func:`quantize_int8_dynamic`): int8 weights (per channel, symmetric) and
+activations quantized per run (DynamicQuantizeLinear -> MatMulInteger, fused by ONNX Runtime into
+DynamicQuantizeMatMul). No calibration. MatMuls and Gemms with a constant weight (attention MatMuls stay FP32,
+Convs too: ConvInteger is slow on CPU). It exists for speed: ONNX Runtime's CPU provider runs a static Q/DQ MatMul as INT8 only
+when its output is quantized too, so in a transformer half of the Q/DQ MatMuls (those followed by a bias Add
+or Gemm) run as DequantizeLinear + FP32 MatMul, no faster than FP32 (measured on CLIP ViT-B/16). TensorRT
+cannot build MatMulInteger: Q/DQ ``int8`` stays the portable INT8.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class Int8Policy:
 
 
 INT8_POLICY = Int8Policy()
+INT8_DYNAMIC_POLICY = Int8Policy(op_types=("MatMul", "Gemm"), calibrate_method="none (dynamic, per run)")
 
 
 @dataclass
@@ -197,3 +206,25 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
     if reader.count == 0:
         raise ValueError(f"calibration of {Path(src).name} saw no samples")
     return {"quantized_nodes": len(quantize), "excluded_nodes": excluded, "calibration_samples": reader.count}
+
+
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, policy: Int8Policy = INT8_DYNAMIC_POLICY,
+                          exclude: tuple[str, ...] = ()) -> dict:
+    """FP32 ONNX -> dynamic INT8 ONNX for ONNX Runtime CPU (no calibration). Returns what was done."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize, excluded = quantizable_nodes(src, policy, exclude)
+    if not quantize:
+        shutil.copyfile(src, dst)
+        return {"quantized_nodes": 0, "excluded_nodes": excluded, "note": "no quantizable op: kept FP32"}
+    hint = _DropPreprocessHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=policy.per_channel,
+                         op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
+                         extra_options={"WeightSymmetric": policy.symmetric, "MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().removeFilter(hint)
+    return {"quantized_nodes": len(quantize), "excluded_nodes": excluded}

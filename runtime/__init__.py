@@ -7,6 +7,10 @@
 
 from .bundle import Bundle, BundleError
 from .cache import TextEmbeddingCache
+from .ifseg import IFSegPredictor, IFSegResult
 from .lseg import LSegPredictor, LSegResult
+from .predictors import PREDICTORS, list_methods, load_predictor
+from .tcl import TCLPredictor, TCLResult
 
-__all__ = ["Bundle", "BundleError", "LSegPredictor", "LSegResult", "TextEmbeddingCache"]
+__all__ = ["Bundle", "BundleError", "LSegPredictor", "LSegResult", "PREDICTORS", "TextEmbeddingCache", "list_methods",
+           "load_predictor", "IFSegPredictor", "IFSegResult", "TCLPredictor", "TCLResult"]

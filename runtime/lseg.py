@@ -56,7 +56,8 @@ def parse_labels(labels: Any) -> list[str]:
 
 class LSegPredictor:
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
-                 provider: str | None = None):
+                 provider: str | None = None, postprocess: bool = True):
+        """``postprocess`` is accepted for the common predictor API (LSeg has no refinement step)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
         if self.bundle.method != "lseg":
             raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; LSegPredictor "

@@ -6,13 +6,15 @@ import pytest
 
 from edgeseg.export.bundle import COMPONENTS, export_bundle
 from edgeseg.export.verify import verify_bundle
+from conftest import PARITY_BUNDLE
 
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def rows(lseg_bundle, clip_bundle):
-    return verify_bundle(lseg_bundle) + verify_bundle(clip_bundle)
+def rows(request):
+    methods = sorted(set(PARITY_BUNDLE.values()))
+    return [r for m in methods for r in verify_bundle(request.getfixturevalue(f"{m}_bundle"))]
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))

@@ -10,6 +10,7 @@ import pytest
 
 from edgeseg.export.build import build_bundle, default_out
 from edgeseg.export.bundle import COMPONENTS
+from conftest import PARITY_BUNDLE
 from edgeseg.export.fidelity import AGREEMENT_BARS, COSINE_BARS, ensure_built, polygraphy_compare, task_agreement
 from edgeseg.export.lint import TARGETS, lint_bundle
 from edgeseg.export.precision import FP16_POLICY
@@ -29,7 +30,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
 def test_component_parity_with_fp32_pytorch(built, component, precision):
-    method = "clip" if component == "clip_image" else "lseg"
+    method = PARITY_BUNDLE[component]
     rows = [r for r in verify_bundle(built(method, precision)) if r.component == component]
     assert {r.shape[0] for r in rows} == {1, 3}
     for r in rows:
@@ -102,9 +103,10 @@ def test_builds_pass_the_tensorrt_lint(built, lseg_bundle, clip_bundle, precisio
                 assert not errors, f"{method}/{precision}/{name} [{target}]: {errors}"
 
 
-@pytest.mark.parametrize("method,precision", [("lseg", "fp16"), ("lseg", "int8"), ("clip", "fp16"), ("clip", "int8")])
+@pytest.mark.parametrize("method,precision", [("lseg", "fp16"), ("lseg", "int8"), ("clip", "fp16"), ("clip", "int8"),
+                                              ("tcl", "int8"), ("ifseg", "int8")])
 def test_task_agreement_bars(built, method, precision):
-    res = task_agreement(built(method, precision), n=60 if method == "lseg" else 200, seed=1, progress=False)
+    res = task_agreement(built(method, precision), n=200 if method == "clip" else 60, seed=1, progress=False)
     assert res.agreement >= AGREEMENT_BARS[precision], res.summary()
 
 

@@ -1,0 +1,100 @@
+"""Peak memory of one backend running one component, measured in a fresh process.
+
+The peak only grows, so each backend gets its own subprocess: ``baseline_rss_mb`` is the peak after the
+imports the backend needs (numpy + onnxruntime, or torch + open_clip), ``peak_rss_mb`` the peak after
+loading the model and running it; ``rss_delta_mb`` is what loading and running added. On CUDA,
+``device_mb`` is PyTorch's peak allocation (torch backends) or the drop in free device memory (others).
+
+    python -m edgeseg.export.bench_memory '{"engine": "ort", ...}'   # prints one JSON line
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    """Peak resident set of this process in MB: VmHWM (per address space, so it starts afresh at exec;
+    ``ru_maxrss`` would carry over the parent's peak on Linux), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB; macOS: bytes (rough)
+
+
+def measure_memory(runner, backend, feeds: dict[str, np.ndarray], threads: int, iters: int = 3) -> dict:
+    """Run ``backend`` on ``feeds`` in a subprocess; returns the memory facts (or {"error": ...})."""
+    with tempfile.TemporaryDirectory(prefix="edgeseg-mem-") as d:
+        feed_file = Path(d) / "feeds.npz"
+        np.savez(feed_file, **feeds)
+        job = {"engine": backend.engine, "device": backend.device, "precision": backend.precision,
+               "provider": backend.provider, "compile": backend.compile, "threads": threads, "iters": iters,
+               "component": runner.component, "method": runner.method, "checkpoint": runner.ckpt,
+               "bundle": None if backend.engine == "torch" else str(runner.bundle_dir(backend)),
+               "feeds": str(feed_file)}
+        r = subprocess.run([sys.executable, "-m", "edgeseg.export.bench_memory", json.dumps(job)],
+                           capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {"error": f"memory worker exited {r.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _worker(job: dict) -> dict:
+    feeds = dict(np.load(job["feeds"]))
+    cuda = job["device"] == "cuda"
+    if job["engine"] == "torch":
+        import torch
+
+        from .bundle import build_components
+
+        torch.set_num_threads(job["threads"])
+        base = _rss_mb()
+        wrapper, spec = build_components(job["method"], job["checkpoint"])[0][job["component"]]
+        dtype = torch.float16 if job["precision"] == "fp16" else torch.float32
+        model = wrapper.eval().to(job["device"]).to(dtype)
+        if job["compile"]:
+            model = torch.compile(model)
+        xs = [torch.from_numpy(feeds[t.name]).to(job["device"]) for t in spec.inputs]
+        xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
+        with torch.inference_mode():
+            for _ in range(job["iters"]):
+                model(*xs)
+        out = {"baseline_rss_mb": base, "peak_rss_mb": _rss_mb()}
+        if cuda:
+            torch.cuda.synchronize()
+            out["device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        free0 = None
+        if cuda:
+            import torch  # only to read free device memory; loads the CUDA libraries onnxruntime-gpu needs
+
+            free0 = torch.cuda.mem_get_info()[0]
+        from edgeseg.runtime.bundle import Bundle
+
+        base = _rss_mb()
+        bundle = Bundle(job["bundle"], provider=job["provider"], threads=job["threads"])
+        for _ in range(job["iters"]):
+            bundle.run(job["component"], feeds)
+        out = {"baseline_rss_mb": base, "peak_rss_mb": _rss_mb()}
+        if free0 is not None:
+            import torch
+
+            out["device_mb"] = (free0 - torch.cuda.mem_get_info()[0]) / 2**20
+    out["rss_delta_mb"] = out["peak_rss_mb"] - out["baseline_rss_mb"]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))

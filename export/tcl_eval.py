@@ -1,0 +1,37 @@
+"""PyTorch reference of the TCL runtime pipeline for ``edgeseg eval tcl --compare-torch CHECKPOINT``
+(registered in :data:`edgeseg.export.evaluate.TORCH_REFERENCES`). Imports torch only when called."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def tcl_torch_predictor(checkpoint: str | Path, labels: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 HxWx3 image (at the model's input size) -> HxW int32 label map: the same preprocessing, inference
+    masks, bilinear upsampling and PAMR (the checkpoint's iterations and dilations) as the runtime with
+    post-processing on, all in PyTorch."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeseg.train.tcl import pamr
+    from edgeseg.train.train_clip import images_to_tensor
+    from edgeseg.train.train_tcl import TextBank, load_tcl
+
+    model, cfg = load_tcl(checkpoint)
+    prep, inf = cfg["preprocessing"], cfg["inference"]
+    text = TextBank(model.clip, cfg["tokenizer"]["context_length"], cfg["text_encoder"]["template"])(labels)
+
+    @torch.no_grad()
+    def run(image: np.ndarray) -> np.ndarray:
+        x = images_to_tensor(image[None], prep["mean"], prep["std"])
+        if tuple(x.shape[-2:]) != tuple(prep["image_size"]):
+            raise ValueError(f"the PyTorch reference takes images of the model size {prep['image_size']}, "
+                             f"got {image.shape[:2]}")
+        masks = F.interpolate(model(x, text), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        masks = pamr(x, masks, inf["pamr_iterations"], tuple(inf["pamr_dilations"]))
+        return masks.argmax(1)[0].numpy().astype(np.int32)
+
+    return run
