@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle
-from .images import load_image, preprocess, resize_maps
-from .lseg import LSegResult, parse_labels
+from .images import resize_maps
+from .lseg import LSegResult
 from .pamr import DEFAULT_DILATIONS, DEFAULT_ITERATIONS, _check, pamr
-from .text import TextEncoder
+from .predictor_base import TwoPhasePredictor, parse_labels
 
 BACKGROUND = "background"
 
@@ -38,43 +38,23 @@ class TCLResult(LSegResult):
     background_threshold: float | None = None
 
 
-class TCLPredictor:
+class TCLPredictor(TwoPhasePredictor):
+    METHOD, ENCODER = "tcl", "tcl_encoder"
+
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, postprocess: bool = True, pamr_iterations: int | None = None,
                  pamr_dilations: Sequence[int] | None = None):
         """``postprocess``: run PAMR (default on). ``pamr_iterations`` / ``pamr_dilations`` override the
         manifest's (defaults 10 and [1, 2, 4, 8, 12, 24])."""
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
-        if self.bundle.method != "tcl":
-            raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; TCLPredictor needs "
-                             f"a 'tcl' bundle (edgeseg export tcl ...)")
-        cfg = self.bundle.manifest.get("method_config", {})
-        pcfg = cfg.get("pamr", {})
+        super().__init__(bundle, cache_dir, provider)
+        pcfg = self.config.get("pamr", {})
         self.pamr_iterations = (pcfg.get("iterations", DEFAULT_ITERATIONS) if pamr_iterations is None
                                 else pamr_iterations)
         self.pamr_dilations = tuple(pcfg.get("dilations", DEFAULT_DILATIONS) if pamr_dilations is None
                                     else pamr_dilations)
         _check(self.pamr_iterations, self.pamr_dilations)
         self.postprocess = bool(postprocess)
-        self.bg_threshold = float(cfg.get("bg_threshold", 0.4))
-        self.text = TextEncoder(self.bundle, cache_dir)
-        self.template = cfg.get("template", "{}")
-        self._embeds: dict[str, np.ndarray] | None = None
-        self._x: np.ndarray | None = None
-        self._size: tuple[int, int] = (0, 0)
-        self._timings: dict[str, float] = {}
-
-    def set_image(self, image: Any) -> None:
-        """Encode an image (uint8 HxWx3 RGB array, PIL image or path) once for any number of predicts."""
-        t0 = time.perf_counter()
-        img = load_image(image)
-        x = preprocess(img, self.bundle.preprocessing)
-        t1 = time.perf_counter()
-        out = self.bundle.run("tcl_encoder", {"image": x})
-        t2 = time.perf_counter()
-        self._embeds = {"grounding_embeds": out["grounding_embeds"], "clip_dense_embeds": out["clip_dense_embeds"]}
-        self._x, self._size = x, img.shape[:2]
-        self._timings = {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3}
+        self.bg_threshold = float(self.config.get("bg_threshold", 0.4))
 
     def _threshold(self, background: bool | float) -> float | None:
         if background is False or background is None:
@@ -90,33 +70,25 @@ class TCLPredictor:
         """Segment the image given to :meth:`set_image` into ``labels`` (list or 'a,b,c'). ``background``:
         True (the bundle's threshold, 0.4) or a threshold in [0, 1] labels pixels whose best mask is below it
         "background"; False (default): every pixel gets one of ``labels``."""
-        if self._embeds is None or self._x is None:
-            raise RuntimeError("no image set: call set_image(image) before predict(labels)")
-        names = parse_labels(labels)
+        embeds = self._require_image()
         threshold = self._threshold(background)
-        if threshold is not None and BACKGROUND in names:
+        if threshold is not None and BACKGROUND in parse_labels(labels):
             raise ValueError(f"label {BACKGROUND!r} is added by background=...; drop it from the labels or pass "
                              f"background=False")
-        t0 = time.perf_counter()
-        text = self.text.embed(names, self.template)
-        cut = self.text.tokenizer.truncated([self.template.format(n) for n in names])
+        names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
-        masks = self.bundle.run("tcl_head", dict(self._embeds, text_embeds=text))["masks"][0]
+        feeds = {"grounding_embeds": embeds["grounding_embeds"], "clip_dense_embeds": embeds["clip_dense_embeds"]}
+        masks = self.bundle.run("tcl_head", dict(feeds, text_embeds=text))["masks"][0]
         t2 = time.perf_counter()
-        masks = resize_maps(masks.astype(np.float32), self._x.shape[2:])
+        x = self._input
+        masks = resize_maps(masks.astype(np.float32), x.shape[2:])
         if self.postprocess:
-            masks = pamr(self._x[0], masks, self.pamr_iterations, self.pamr_dilations)
+            masks = pamr(x[0], masks, self.pamr_iterations, self.pamr_dilations)
         probs = resize_maps(masks, self._size)
         if threshold is not None:
             probs = np.concatenate([probs, np.full((1,) + probs.shape[1:], threshold, np.float32)])
             names = names + [BACKGROUND]
         label_map = probs.argmax(0).astype(np.int32)
         t3 = time.perf_counter()
-        timings = dict(self._timings, text=(t1 - t0) * 1e3, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
-        return TCLResult(names, label_map, probs, timings, self.bundle.providers_used.get("tcl_head", ""),
-                         [n for n, c in zip(names, cut) if c], threshold)
-
-    def segment(self, image: Any, labels: Any, background: bool | float = False) -> TCLResult:
-        """One shot: :meth:`set_image` then :meth:`predict`."""
-        self.set_image(image)
-        return self.predict(labels, background)
+        timings = self._timings_with(text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        return TCLResult(names, label_map, probs, timings, self._provider("tcl_head"), cut, threshold)

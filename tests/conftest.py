@@ -18,32 +18,22 @@ PARITY_BUNDLE = {
 }
 
 
-@pytest.fixture(scope="session")
-def lseg_bundle(tmp_path_factory):
-    from edgeseg.export.bundle import export_bundle
+def _bundle_fixture(method: str, checkpoint: str):
+    """A session fixture exporting the committed ``checkpoint`` as a ``method`` bundle once."""
 
-    return export_bundle("lseg", "lseg_toy", tmp_path_factory.mktemp("engines") / "lseg_toy", progress=False)
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory):
+        from edgeseg.export.bundle import export_bundle
 
+        return export_bundle(method, checkpoint, tmp_path_factory.mktemp("engines") / checkpoint, progress=False)
 
-@pytest.fixture(scope="session")
-def clip_bundle(tmp_path_factory):
-    from edgeseg.export.bundle import export_bundle
-
-    return export_bundle("clip", "clip_toy", tmp_path_factory.mktemp("engines") / "clip_toy", progress=False)
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def ifseg_bundle(tmp_path_factory):
-    from edgeseg.export.bundle import export_bundle
-
-    return export_bundle("ifseg", "ifseg_toy", tmp_path_factory.mktemp("engines") / "ifseg_toy", progress=False)
-
-
-@pytest.fixture(scope="session")
-def tcl_bundle(tmp_path_factory):
-    from edgeseg.export.bundle import export_bundle
-
-    return export_bundle("tcl", "tcl_toy", tmp_path_factory.mktemp("engines") / "tcl_toy", progress=False)
+lseg_bundle = _bundle_fixture("lseg", "lseg_toy")
+clip_bundle = _bundle_fixture("clip", "clip_toy")
+tcl_bundle = _bundle_fixture("tcl", "tcl_toy")
+ifseg_bundle = _bundle_fixture("ifseg", "ifseg_toy")
 
 
 @pytest.fixture()

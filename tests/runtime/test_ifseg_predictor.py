@@ -42,7 +42,7 @@ def test_bad_labels(predictor, labels, msg):
 
 
 def test_wrong_bundle_method(lseg_bundle, text_cache):
-    with pytest.raises(ValueError, match="holds method 'lseg'; IFSegPredictor needs an 'ifseg' bundle"):
+    with pytest.raises(ValueError, match="holds method 'lseg'; IFSegPredictor needs a bundle of method 'ifseg'"):
         IFSegPredictor(lseg_bundle, cache_dir=text_cache)
     with pytest.raises(ValueError, match="holds method 'lseg', not 'ifseg'"):
         load_predictor(lseg_bundle, "ifseg", cache_dir=text_cache)

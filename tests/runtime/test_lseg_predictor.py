@@ -89,5 +89,5 @@ def test_long_label_truncation_is_reported(predictor):
 
 
 def test_wrong_method_bundle(clip_bundle):
-    with pytest.raises(ValueError, match="needs an 'lseg' bundle"):
+    with pytest.raises(ValueError, match="needs a bundle of method 'lseg'"):
         LSegPredictor(clip_bundle, cache_dir=None)

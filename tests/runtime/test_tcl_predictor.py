@@ -83,7 +83,7 @@ def test_bad_images_and_order(predictor):
 
 
 def test_wrong_bundle_and_settings(lseg_bundle, tcl_bundle, text_cache):
-    with pytest.raises(ValueError, match="holds method 'lseg'; TCLPredictor needs a 'tcl' bundle"):
+    with pytest.raises(ValueError, match="holds method 'lseg'; TCLPredictor needs a bundle of method 'tcl'"):
         TCLPredictor(lseg_bundle, cache_dir=text_cache)
     with pytest.raises(ValueError, match="holds method 'tcl', not 'lseg'"):
         load_predictor(tcl_bundle, "lseg", cache_dir=text_cache)

@@ -1,0 +1,98 @@
+"""What every segmentation predictor shares: the bundle check, the two-phase ``set_image`` / ``predict`` state,
+label parsing, the cached text embeddings and per-stage timings.
+
+A method's predictor names its manifest ``METHOD`` and the ``ENCODER`` component ``set_image`` runs, and
+implements ``predict(labels, ...)`` with :meth:`_require_image`, :meth:`_embed_labels` and :meth:`_timings_with`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle
+from .images import load_image, preprocess
+from .text import TextEncoder
+
+
+def parse_labels(labels: Any) -> list[str]:
+    """A list of non-empty strings, or a comma-separated string; duplicates refused."""
+    if isinstance(labels, str):
+        labels = [x.strip() for x in labels.split(",")]
+    if not isinstance(labels, (list, tuple)) or not labels:
+        raise ValueError(f"labels must be a non-empty list of strings (or 'a,b,c'); got {labels!r}")
+    out = []
+    for i, x in enumerate(labels):
+        if not isinstance(x, str) or not x.strip():
+            raise ValueError(f"label {i} is {x!r}; every label must be a non-empty string")
+        out.append(x.strip())
+    dup = sorted({x for x in out if out.count(x) > 1})
+    if dup:
+        raise ValueError(f"duplicate labels {dup}; give each label once")
+    return out
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax, float32."""
+    z = np.exp(logits - logits.max(axis, keepdims=True))
+    return (z / z.sum(axis, keepdims=True)).astype(np.float32)
+
+
+class TwoPhasePredictor:
+    METHOD = ""  # the manifest's "method"
+    ENCODER = ""  # the component set_image runs on the 1x3xHxW image
+
+    def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
+                 provider: str | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
+        if self.bundle.method != self.METHOD:
+            raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; "
+                             f"{type(self).__name__} needs a bundle of method {self.METHOD!r} (edgeseg export {self.METHOD} ...)")
+        self.config: dict = self.bundle.manifest.get("method_config", {})
+        self.text = TextEncoder(self.bundle, cache_dir)
+        self.template = self.config.get("template", "{}")
+        self._encoded: dict[str, np.ndarray] | None = None  # the encoder's outputs for the current image
+        self._input: np.ndarray | None = None  # 1 x 3 x H' x W' preprocessed image
+        self._size: tuple[int, int] = (0, 0)  # H, W of the image given
+        self._timings: dict[str, float] = {}
+
+    def set_image(self, image: Any) -> None:
+        """Encode an image (uint8 HxWx3 RGB array, PIL image or path) once for any number of predicts."""
+        t0 = time.perf_counter()
+        img = load_image(image)
+        x = preprocess(img, self.bundle.preprocessing)
+        t1 = time.perf_counter()
+        out = self.bundle.run(self.ENCODER, {"image": x})
+        t2 = time.perf_counter()
+        self._encoded, self._input, self._size = out, x, img.shape[:2]
+        self._timings = {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3}
+
+    def _require_image(self) -> dict[str, np.ndarray]:
+        if self._encoded is None:
+            raise RuntimeError("no image set: call set_image(image) before predict(labels)")
+        return self._encoded
+
+    def _embed_labels(self, labels: Any) -> tuple[list[str], np.ndarray, list[str], float]:
+        """(labels, N x D unit-norm text embeddings through the cache, labels cut at the context length, ms)."""
+        names = parse_labels(labels)
+        t0 = time.perf_counter()
+        text = self.text.embed(names, self.template)
+        cut = self.text.tokenizer.truncated([self.template.format(n) for n in names])
+        return names, text, [n for n, c in zip(names, cut) if c], (time.perf_counter() - t0) * 1e3
+
+    def _timings_with(self, **stages_ms: float) -> dict[str, float]:
+        return dict(self._timings, **stages_ms)
+
+    def _provider(self, component: str) -> str:
+        return self.bundle.providers_used.get(component, "")
+
+    def predict(self, labels: Any):  # pragma: no cover - every method implements it
+        raise NotImplementedError
+
+    def segment(self, image: Any, labels: Any, **kwargs: Any):
+        """One shot: :meth:`set_image` then :meth:`predict`."""
+        self.set_image(image)
+        return self.predict(labels, **kwargs)
