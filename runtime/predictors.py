@@ -36,8 +36,8 @@ def load_predictor(bundle: Bundle | str | Path, method: str | None = None, **kwa
     b = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=kwargs.pop("provider", None))
     kwargs.pop("provider", None)
     if method is not None and method != b.method:
-        raise ValueError(f"bundle {b.path} holds method {b.method!r}, not {method!r}; export a {method} bundle "
-                         f"(edgeseg export {method} ...) or drop --method")
+        raise ValueError(f"bundle {b.path} holds method {b.method!r}, not {method!r}; export one with "
+                         f"edgeseg export {method} ..., or drop --method")
     if b.method not in PREDICTORS:
         raise ValueError(f"bundle {b.path} holds method {b.method!r}, which has no segmentation predictor; "
                          f"segmentable methods: {list_methods()}")
