@@ -51,12 +51,18 @@ def save_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], config: 
     return folder
 
 
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Return (float32 state dict, config) of a checkpoint folder, checking the weights hash."""
+KINDS = {"clip": "a CLIP", "lseg": "an LSeg", "ifseg": "an IFSeg", "tcl": "a TCL"}  # config "kind" -> in messages
+
+
+def load_checkpoint(folder: str | Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (float32 state dict, config) of a checkpoint folder, checking the weights hash and, when given,
+    that the config's ``kind`` is ``kind``."""
     from safetensors.torch import load_file
 
     folder = resolve_checkpoint(folder)
     config = json.loads((folder / CONFIG).read_text())
+    if kind is not None and config.get("kind") != kind:
+        raise ValueError(f"{folder} is a {config.get('kind')!r} checkpoint, not {KINDS.get(kind, repr(kind))} one")
     want = config.get("weights_sha256")
     if want and sha256_file(folder / WEIGHTS) != want:
         raise ValueError(f"{folder / WEIGHTS} does not match the sha256 in {folder / CONFIG}; the file is corrupt "

@@ -146,9 +146,18 @@ def load_clip(folder: str | Path) -> tuple[nn.Module, dict]:
     """Load a CLIP checkpoint folder written by ``edgeseg train clip`` (or a bundled name: ``clip_toy``)."""
     from .checkpoint import load_checkpoint
 
-    state, config = load_checkpoint(folder)
-    if config.get("kind") != "clip":
-        raise ValueError(f"{folder} is a {config.get('kind')!r} checkpoint, not a CLIP one")
+    state, config = load_checkpoint(folder, "clip")
     model = create_clip(config["architecture"]["name"])
     model.load_state_dict(state)
     return model.eval(), config
+
+
+def load_frozen_clip(folder: Path, ref: dict, role: str = "CLIP checkpoint") -> nn.Module:
+    """The CLIP a method checkpoint in ``folder`` was trained on. ``ref``: {"checkpoint": name or path (looked
+    up next to ``folder`` first), "weights_sha256": ...}; a CLIP with other weights is refused."""
+    name = ref["checkpoint"]
+    path = folder.parent / name if (folder.parent / name).exists() else name
+    clip, cfg = load_clip(path)
+    if cfg.get("weights_sha256") != ref["weights_sha256"]:
+        raise ValueError(f"{role} {path} is not the one {folder} was trained with (sha256 differs)")
+    return clip

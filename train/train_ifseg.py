@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import CLIP_WEIGHTS, clip_config, clip_preprocessing, encode_image_features, load_clip
+from .clip import (CLIP_WEIGHTS, clip_config, clip_preprocessing, encode_image_features, load_clip,
+                   load_frozen_clip)
 from .data.toyworld import CLASSES, ToyWorld, ToyWorldConfig, label_lut
 from .ifseg import IFSEG_CONFIGS, IFSegConfig, IFSegDecoder, artificial_batch, ifseg_loss, knn_refine
 from .loop import cosine_schedule, optimize, setup_cpu
@@ -64,14 +65,8 @@ def vocabulary() -> list[str]:
 def load_ifseg(folder: str | Path) -> tuple[IFSegDecoder, torch.nn.Module, dict]:
     """(decoder, frozen CLIP whose towers it runs on, IFSeg config) from a checkpoint folder."""
     folder = resolve_checkpoint(folder)
-    state, config = load_checkpoint(folder)
-    if config.get("kind") != "ifseg":
-        raise ValueError(f"{folder} is a {config.get('kind')!r} checkpoint, not an IFSeg one")
-    ref_name = config["clip"]["checkpoint"]
-    ref = folder.parent / ref_name if (folder.parent / ref_name).exists() else ref_name
-    clip, clip_cfg = load_clip(ref)
-    if clip_cfg.get("weights_sha256") != config["clip"]["weights_sha256"]:
-        raise ValueError(f"CLIP checkpoint {ref} is not the one {folder} was trained with (sha256 differs)")
+    state, config = load_checkpoint(folder, "ifseg")
+    clip = load_frozen_clip(folder, config["clip"])
     decoder = IFSegDecoder(IFSegConfig.from_dict(config["architecture"]))
     decoder.load_state_dict(state)
     return decoder.eval(), clip, config

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip
+from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip, load_frozen_clip
 from .data.toyworld import IGNORE, SEEN_SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, label_lut
 from .lseg import LSEG_CONFIGS, LSeg, LSegConfig
 from .loop import cosine_schedule, optimize, setup_cpu
@@ -54,14 +54,8 @@ def text_embeddings(clip: torch.nn.Module, labels: list[str], context_length: in
 def load_lseg(folder: str | Path) -> tuple[LSeg, torch.nn.Module, dict]:
     """(LSeg model, frozen CLIP whose text tower it uses, LSeg config) from a checkpoint folder."""
     folder = resolve_checkpoint(folder)
-    state, config = load_checkpoint(folder)
-    if config.get("kind") != "lseg":
-        raise ValueError(f"{folder} is a {config.get('kind')!r} checkpoint, not an LSeg one")
-    text_ref = config["text_encoder"]["checkpoint"]
-    ref = folder.parent / text_ref if (folder.parent / text_ref).exists() else text_ref
-    clip, clip_cfg = load_clip(ref)
-    if clip_cfg.get("weights_sha256") != config["text_encoder"]["weights_sha256"]:
-        raise ValueError(f"text encoder checkpoint {ref} is not the one {folder} was trained with (sha256 differs)")
+    state, config = load_checkpoint(folder, "lseg")
+    clip = load_frozen_clip(folder, config["text_encoder"], "text encoder checkpoint")
     model = LSeg(LSegConfig.from_dict(config["architecture"]))
     model.load_state_dict(state)
     return model.eval(), clip, config

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip
+from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip, load_frozen_clip
 from .data.toyworld import SEEN_SHAPES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, label_lut
 from .loop import cosine_schedule, optimize, setup_cpu
 from .tcl import LOSS_WEIGHTS, PAMR_DILATIONS, PAMR_ITERATIONS, TCL, TCL_CONFIGS, TCLConfig
@@ -81,14 +81,8 @@ class TextBank:
 def load_tcl(folder: str | Path) -> tuple[TCL, dict]:
     """(TCL model with its frozen CLIP, checkpoint config) from a folder written by :func:`train_tcl`."""
     folder = resolve_checkpoint(folder)
-    state, config = load_checkpoint(folder)
-    if config.get("kind") != "tcl":
-        raise ValueError(f"{folder} is a {config.get('kind')!r} checkpoint, not a TCL one")
-    ref = config["clip"]["checkpoint"]
-    ref_path = folder.parent / ref if (folder.parent / ref).exists() else ref
-    clip, clip_cfg = load_clip(ref_path)
-    if clip_cfg.get("weights_sha256") != config["clip"]["weights_sha256"]:
-        raise ValueError(f"CLIP checkpoint {ref_path} is not the one {folder} was trained with (sha256 differs)")
+    state, config = load_checkpoint(folder, "tcl")
+    clip = load_frozen_clip(folder, config["clip"])
     model = TCL(TCLConfig.from_dict(config["architecture"]), clip)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("clip.")]
