@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeseg.train.clip import encode_image_features
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "clip_image"
 
@@ -28,7 +28,7 @@ def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max
     H, W = image_size
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("image", "float32", ("batch", 3, H, W), (1, 3, H, W), (1, 3, H, W), (max_batch, 3, H, W)),),
+        inputs=(image_input((H, W), max_batch),),
         outputs=(TensorSpec("image_embeds", "float32", ("batch", embed_dim)),
                  TensorSpec("dense_embeds", "float32", ("batch", embed_dim, grid[0], grid[1]))),
         description="CLIP image tower: global (class token) and MaskCLIP dense patch embeddings, L2-normalized",

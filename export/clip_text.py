@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, dynamic_input
 
 NAME = "clip_text"
 
@@ -26,7 +26,7 @@ def spec(context_length: int, embed_dim: int, max_batch: int = 64) -> ComponentS
     L = context_length
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("input_ids", "int64", ("batch", L), (1, L), (8, L), (max_batch, L)),),
+        inputs=(dynamic_input("batch", "input_ids", (L,), max_batch, opt_n=8, dtype="int64"),),
         outputs=(TensorSpec("text_embeds", "float32", ("batch", embed_dim)),),
         description="CLIP text tower (EOT pooling, projection), L2-normalized",
     )

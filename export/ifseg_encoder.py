@@ -10,7 +10,7 @@ from torch import nn
 
 from edgeseg.train.clip import encode_image_features
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "ifseg_encoder"
 
@@ -31,7 +31,7 @@ def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max
     H, W = image_size
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("image", "float32", ("batch", 3, H, W), (1, 3, H, W), (1, 3, H, W), (max_batch, 3, H, W)),),
+        inputs=(image_input((H, W), max_batch),),
         outputs=(TensorSpec("dense_embeds", "float32", ("batch", embed_dim, grid[0], grid[1])),),
         description="IFSeg encoder: frozen CLIP image tower, MaskCLIP dense patch embeddings, L2-normalized",
     )

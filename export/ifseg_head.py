@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, dynamic_input, text_embeds_input
 
 NAME = "ifseg_head"
 
@@ -26,10 +26,8 @@ def spec(grid: tuple[int, int], embed_dim: int, max_batch: int = 4, max_labels: 
     h, w = grid
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("dense_embeds", "float32", ("batch", embed_dim, h, w), (1, embed_dim, h, w),
-                           (1, embed_dim, h, w), (max_batch, embed_dim, h, w)),
-                TensorSpec("text_embeds", "float32", ("labels", embed_dim), (1, embed_dim), (16, embed_dim),
-                           (max_labels, embed_dim))),
+        inputs=(dynamic_input("batch", "dense_embeds", (embed_dim, h, w), max_batch),
+                text_embeds_input(embed_dim, max_labels)),
         outputs=(TensorSpec("logits", "float32", ("batch", "labels", h, w)),),
         description="IFSeg head: decoder over dense features and category tokens, scaled cosine logits at the grid",
         # The head is a few small MatMuls per label set (well under a millisecond); INT8 would buy nothing and it

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "lseg_encoder"
 
@@ -24,7 +24,7 @@ def spec(image_size: tuple[int, int], embed_dim: int, max_batch: int = 4) -> Com
     H, W = image_size
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("image", "float32", ("batch", 3, H, W), (1, 3, H, W), (1, 3, H, W), (max_batch, 3, H, W)),),
+        inputs=(image_input((H, W), max_batch),),
         outputs=(TensorSpec("pixel_embeds", "float32", ("batch", embed_dim, H // 2, W // 2)),),
         description="LSeg image encoder (CLIP ViT + DPT decoder), stride-2 pixel embeddings",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, dynamic_input, text_embeds_input
 
 NAME = "lseg_head"
 
@@ -25,10 +25,8 @@ def spec(image_size: tuple[int, int], embed_dim: int, max_batch: int = 4, max_la
     h, w = H // 2, W // 2
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("pixel_embeds", "float32", ("batch", embed_dim, h, w), (1, embed_dim, h, w),
-                           (1, embed_dim, h, w), (max_batch, embed_dim, h, w)),
-                TensorSpec("text_embeds", "float32", ("labels", embed_dim), (1, embed_dim), (16, embed_dim),
-                           (max_labels, embed_dim))),
+        inputs=(dynamic_input("batch", "pixel_embeds", (embed_dim, h, w), max_batch),
+                text_embeds_input(embed_dim, max_labels)),
         outputs=(TensorSpec("logits", "float32", ("batch", "labels", H, W)),),
         description="LSeg head: cosine logits / T, label-equivariant spatial blocks, bilinear x2",
     )

@@ -29,6 +29,24 @@ class TensorSpec:
         return d
 
 
+def dynamic_input(axis: str, name: str, dims: tuple[int, ...], max_n: int, opt_n: int = 1,
+                  dtype: str = "float32") -> TensorSpec:
+    """An input whose first axis ``axis`` ("batch", "labels") is dynamic in [1, max_n] (opt ``opt_n``) and whose
+    other dims are fixed."""
+    dims = tuple(dims)
+    return TensorSpec(name, dtype, (axis, *dims), (1, *dims), (opt_n, *dims), (max_n, *dims))
+
+
+def image_input(image_size: tuple[int, int], max_batch: int) -> TensorSpec:
+    """``image`` B x 3 x H x W float32 (normalized RGB), B in [1, max_batch]."""
+    return dynamic_input("batch", "image", (3, *image_size), max_batch)
+
+
+def text_embeds_input(embed_dim: int, max_labels: int) -> TensorSpec:
+    """``text_embeds`` C x D float32 (unit norm), C labels in [1, max_labels], 16 for the profile's opt."""
+    return dynamic_input("labels", "text_embeds", (embed_dim,), max_labels, opt_n=16)
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str

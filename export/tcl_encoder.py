@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "tcl_encoder"
 
@@ -27,7 +27,7 @@ def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max
     H, W = image_size
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("image", "float32", ("batch", 3, H, W), (1, 3, H, W), (1, 3, H, W), (max_batch, 3, H, W)),),
+        inputs=(image_input((H, W), max_batch),),
         outputs=(TensorSpec("grounding_embeds", "float32", ("batch", embed_dim, H // 4, W // 4)),
                  TensorSpec("clip_dense_embeds", "float32", ("batch", embed_dim, grid[0], grid[1]))),
         description="TCL image encoder: frozen CLIP ViT + trainable masker block + gated residual grounding "

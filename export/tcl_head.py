@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec
+from .spec import ComponentSpec, TensorSpec, dynamic_input, text_embeds_input
 
 NAME = "tcl_head"
 
@@ -32,11 +32,9 @@ def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max
     D = embed_dim
     return ComponentSpec(
         NAME,
-        inputs=(TensorSpec("grounding_embeds", "float32", ("batch", D, h, w), (1, D, h, w), (1, D, h, w),
-                           (max_batch, D, h, w)),
-                TensorSpec("clip_dense_embeds", "float32", ("batch", D, gh, gw), (1, D, gh, gw), (1, D, gh, gw),
-                           (max_batch, D, gh, gw)),
-                TensorSpec("text_embeds", "float32", ("labels", D), (1, D), (16, D), (max_labels, D))),
+        inputs=(dynamic_input("batch", "grounding_embeds", (D, h, w), max_batch),
+                dynamic_input("batch", "clip_dense_embeds", (D, gh, gw), max_batch),
+                text_embeds_input(D, max_labels)),
         outputs=(TensorSpec("masks", "float32", ("batch", "labels", h, w)),),
         description="TCL head: sigmoid(w cos + b) mixed with the frozen MaskCLIP similarity (kp branch), stride 4",
     )
