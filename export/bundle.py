@@ -62,11 +62,11 @@ def _lseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module,
 
 def _clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
     """A CLIP checkpoint folder, or ``ViT-B-16[:/path/to/open_clip.pt]`` (random init without a path)."""
-    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, list_models, load_clip
+    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, load_clip, registered_clip
 
-    name, _, weights = str(checkpoint).partition(":")
-    if name in list_models():
-        clip, arch = create_clip(name, weights or None), name
+    registered = registered_clip(checkpoint)
+    if registered:
+        clip, arch = create_clip(*registered), registered[0]
     else:
         clip, cfg = load_clip(checkpoint)
         arch = cfg["architecture"]["name"]
@@ -85,15 +85,15 @@ def _clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module,
 def _ifseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
     """An IFSeg checkpoint folder (decoder + the frozen CLIP it names), or ``ViT-B-16[:/path/to/open_clip.pt]``:
     that CLIP (random init without a path) with a randomly initialized full-size decoder, for export checks."""
-    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, list_models
+    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, registered_clip, seeded
     from edgeseg.train.ifseg import IFSEG_CONFIGS, IFSegDecoder
     from edgeseg.train.train_ifseg import KNN_DEFAULTS, TEMPLATE, load_ifseg
 
-    name, _, weights = str(checkpoint).partition(":")
-    if name in list_models():
-        clip = create_clip(name, weights or None)
-        with torch.random.fork_rng():  # seeded: verify rebuilds the same random decoder
-            torch.manual_seed(0)
+    registered = registered_clip(checkpoint)
+    if registered:
+        name = registered[0]
+        clip = create_clip(*registered)
+        with seeded(0):  # verify rebuilds the same random decoder
             decoder = IFSegDecoder(IFSEG_CONFIGS["vit-b16" if name.startswith("ViT-B-16") else name]).eval()
         ctx = clip_config(name)["text_cfg"]["context_length"]
         cfg = {"preprocessing": clip_preprocessing(name, clip), "knn": dict(KNN_DEFAULTS),

@@ -1,6 +1,6 @@
 """``edgeseg export tcl CHECKPOINT``: the TCL components of a checkpoint (``edgeseg train tcl``), or of a
-registered CLIP config with random weights (``ViT-B-16``: the full-size export, seeded so verify rebuilds
-the same weights). Registered in :data:`edgeseg.export.bundle.METHODS`."""
+registered CLIP config (``ViT-B-16`` with random weights, or ``ViT-B-16:/path/open_clip.pt``; the decoder
+random, seeded so verify rebuilds the same weights). Registered in :data:`edgeseg.export.bundle.METHODS`."""
 
 from __future__ import annotations
 
@@ -14,19 +14,17 @@ from .spec import ComponentSpec
 
 def tcl_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
     """(name -> (export wrapper, spec), bundle info) of a TCL checkpoint folder or a CLIP config name."""
-    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, list_models
+    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, registered_clip, seeded
     from edgeseg.train.tcl import PAMR_DILATIONS, PAMR_ITERATIONS, TCL, TCL_CONFIGS
     from edgeseg.train.train_tcl import BG_THRESHOLD, TEMPLATE, load_tcl
 
-    name = str(checkpoint)
-    if name in list_models():
+    registered = registered_clip(checkpoint)
+    if registered:
+        name = registered[0]
         if name not in TCL_CONFIGS:
             raise ValueError(f"no TCL config for CLIP {name!r}; have {sorted(TCL_CONFIGS)}")
-        import torch
-
-        clip = create_clip(name)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)  # seeded decoder init: export and verify rebuild the same weights
+        clip = create_clip(*registered)  # user CLIP weights (ViT-B-16:/path) or random init
+        with seeded(0):  # seeded decoder init: export and verify rebuild the same weights
             model = TCL(TCL_CONFIGS[name], clip).eval()
         cfg = {"preprocessing": clip_preprocessing(name, clip),
                "tokenizer": {"context_length": clip_config(name)["text_cfg"]["context_length"]},

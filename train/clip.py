@@ -7,6 +7,7 @@ Registry (architecture only; weights and preprocessing live in :data:`CLIP_WEIGH
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,22 @@ def clip_config(name: str) -> dict:
     return cfg
 
 
+def registered_clip(spec: str | Path) -> tuple[str, str | None] | None:
+    """``("ViT-B-16", "/path/weights.pt" or None)`` when ``spec`` names a registered config, optionally with
+    ``:weights``; None when it is something else (a checkpoint folder)."""
+    name, _, weights = str(spec).partition(":")
+    return (name, weights or None) if name in CLIP_CONFIGS else None
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Random init inside is reproducible (export and verify rebuild the same weights) and leaves the global
+    RNG state as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def create_clip(name: str, weights: str | Path | None = None, seed: int = 0) -> nn.Module:
     """Build an open_clip ``CLIP`` in eval mode.
 
@@ -60,8 +77,7 @@ def create_clip(name: str, weights: str | Path | None = None, seed: int = 0) -> 
     import open_clip
 
     cfg = clip_config(name)
-    with torch.random.fork_rng():  # random init is seeded: export and verify rebuild the same weights
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = open_clip.model.CLIP(**cfg)
     if weights is not None:
         path = Path(weights)

@@ -125,3 +125,10 @@ def test_short_training_writes_a_small_checkpoint_that_loads(tmp_path):
 def test_load_refuses_other_checkpoints():
     with pytest.raises(ValueError, match="not a TCL one"):
         load_tcl("clip_toy")
+
+
+def test_full_size_tcl_takes_user_clip_weights_by_path(tmp_path):
+    from edgeseg.export.tcl_bundle import tcl_components
+
+    with pytest.raises(FileNotFoundError, match="CLIP weights .*missing.pt' not found"):
+        tcl_components(f"ViT-B-16:{tmp_path / 'missing.pt'}")
