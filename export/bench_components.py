@@ -161,20 +161,18 @@ class CaseRunner:
         from edgeseg.runtime.bundle import Bundle
 
         self.manifest = Bundle(self.fp32, check_hashes=False).manifest
-        self.build_seconds: dict[str, float] = {}
+        self.build_seconds: dict[str, float] = {}  # per variant: building it, or checking and reusing it
+        self._variants: dict[tuple[str, bool], Path] = {}
 
     def bundle_dir(self, b: Backend) -> Path:
-        from .build import build_bundle
-
-        backend = "tensorrt" if b.engine == "trt" else "ort-cpu"
-        if b.precision == "fp32" and backend == "ort-cpu":
-            return self.fp32
-        out = Path(f"{self.fp32}_{b.precision}" + ("_trt" if backend == "tensorrt" else ""))
-        if not (out / "manifest.json").is_file():
+        """The bundle ``b`` runs (built on first use, then reused for the memory run)."""
+        key = (b.precision, b.engine == "trt")
+        if key not in self._variants:
             t0 = time.perf_counter()
-            build_bundle(self.fp32, b.precision, backend, out, progress=self.progress)
-            self.build_seconds[out.name] = round(time.perf_counter() - t0, 2)
-        return out
+            self._variants[key] = variant_dir(self.fp32, b.precision, b.engine, self.progress)
+            if self._variants[key] != self.fp32:
+                self.build_seconds[self._variants[key].name] = round(time.perf_counter() - t0, 2)
+        return self._variants[key]
 
     def callable(self, b: Backend) -> tuple[Callable[[dict], np.ndarray], Callable[[], None]]:
         """(run(feeds) -> first output, synchronize)."""
@@ -190,23 +188,43 @@ class CaseRunner:
     def _torch_callable(self, b: Backend):
         import torch
 
-        torch.set_num_threads(self.threads)
-        model = copy.deepcopy(self.wrapper).eval().to(b.device)
-        dtype = torch.float16 if b.precision == "fp16" else torch.float32
-        model = model.to(dtype)
-        if b.compile:
-            model = torch.compile(model)
-
-        def run(feeds: dict) -> np.ndarray:
-            xs = [torch.from_numpy(feeds[t.name]).to(b.device) for t in self.spec.inputs]
-            xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
-            with torch.inference_mode():
-                y = model(*xs)
-            y = y[0] if isinstance(y, (tuple, list)) else y
-            return y.float().cpu().numpy()
-
+        forward = torch_forward(self.wrapper, self.spec, b, self.threads, copy_model=True)
         sync = torch.cuda.synchronize if b.device == "cuda" else (lambda: None)
-        return run, sync
+        return (lambda feeds: forward(feeds).float().cpu().numpy()), sync
+
+
+def torch_forward(wrapper, spec, b: Backend, threads: int, copy_model: bool = False) -> Callable:
+    """feeds (numpy, by input name) -> the first output tensor of ``wrapper`` on ``b``'s device, dtype and
+    compile setting (shared by the timed runs and the memory worker)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.float16 if b.precision == "fp16" else torch.float32
+    model = (copy.deepcopy(wrapper) if copy_model else wrapper).eval().to(b.device).to(dtype)
+    if b.compile:
+        model = torch.compile(model)
+
+    def run(feeds: dict):
+        xs = [torch.from_numpy(feeds[t.name]).to(b.device) for t in spec.inputs]
+        xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
+        with torch.inference_mode():
+            y = model(*xs)
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+    return run
+
+
+def variant_dir(fp32: Path, precision: str, engine: str, progress: bool = True) -> Path:
+    """The build of FP32 bundle ``fp32`` that a backend runs: ONNX Runtime graphs through
+    :func:`.fidelity.ensure_built` (reused while current), TensorRT engines built once into BUNDLE_<precision>_trt."""
+    from .build import build_bundle, default_out
+    from .fidelity import ensure_built
+
+    if engine != "trt":
+        return ensure_built(fp32, precision, progress=progress)
+    out = default_out(fp32, precision, "tensorrt")
+    return out if (out / "manifest.json").is_file() else build_bundle(fp32, precision, "tensorrt", out,
+                                                                      progress=progress)
 
 
 def bench_components(cases: list[str], backends: list[str] | None = None, batches: tuple[int, ...] = (1,),

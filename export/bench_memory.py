@@ -37,8 +37,8 @@ def measure_memory(runner, backend, feeds: dict[str, np.ndarray], threads: int, 
     with tempfile.TemporaryDirectory(prefix="edgeseg-mem-") as d:
         feed_file = Path(d) / "feeds.npz"
         np.savez(feed_file, **feeds)
-        job = {"engine": backend.engine, "device": backend.device, "precision": backend.precision,
-               "provider": backend.provider, "compile": backend.compile, "threads": threads, "iters": iters,
+        job = {"backend": backend.name, "engine": backend.engine, "device": backend.device,
+               "provider": backend.provider, "threads": threads, "iters": iters,
                "component": runner.component, "method": runner.method, "checkpoint": runner.ckpt,
                "bundle": None if backend.engine == "torch" else str(runner.bundle_dir(backend)),
                "feeds": str(feed_file)}
@@ -57,20 +57,15 @@ def _worker(job: dict) -> dict:
     if job["engine"] == "torch":
         import torch
 
+        from .bench_components import BACKENDS, torch_forward
         from .bundle import build_components
 
-        torch.set_num_threads(job["threads"])
+        backend = BACKENDS[job["backend"]]
         base = _rss_mb()
         wrapper, spec = build_components(job["method"], job["checkpoint"])[0][job["component"]]
-        dtype = torch.float16 if job["precision"] == "fp16" else torch.float32
-        model = wrapper.eval().to(job["device"]).to(dtype)
-        if job["compile"]:
-            model = torch.compile(model)
-        xs = [torch.from_numpy(feeds[t.name]).to(job["device"]) for t in spec.inputs]
-        xs = [x.to(dtype) if x.is_floating_point() else x for x in xs]
-        with torch.inference_mode():
-            for _ in range(job["iters"]):
-                model(*xs)
+        forward = torch_forward(wrapper, spec, backend, job["threads"])
+        for _ in range(job["iters"]):
+            forward(feeds)
         out = {"baseline_rss_mb": base, "peak_rss_mb": _rss_mb()}
         if cuda:
             torch.cuda.synchronize()

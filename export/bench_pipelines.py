@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .bench import latency_stats, make_row, new_document
-from .bench_components import BACKENDS, default_backends, unavailable_reason
+from .bench_components import BACKENDS, default_backends, unavailable_reason, variant_dir
 
 
 def _scenes(size: int, n: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -124,17 +124,6 @@ def _runtime_pipeline(bundle_dir: Path, provider: str, threads: int, cache: Path
     return run
 
 
-def _variant(bundle: Path, precision: str, engine: str, progress: bool) -> Path:
-    from .build import build_bundle
-    from .fidelity import ensure_built
-
-    if engine == "trt":
-        out = Path(f"{bundle}_{precision}_trt")
-        return out if (out / "manifest.json").is_file() else build_bundle(bundle, precision, "tensorrt", out,
-                                                                          progress=progress)
-    return ensure_built(bundle, precision, progress=progress)
-
-
 def bench_pipeline(bundle: str | Path, backends: list[str] | None = None, labels: list[str] | None = None,
                    iters: int = 20, warmup: int = 3, threads: int = 2, progress: bool = True) -> dict:
     """Per-stage latency of a method's pipeline on ToyWorld scenes, every backend interleaved."""
@@ -172,7 +161,7 @@ def bench_pipeline(bundle: str | Path, backends: list[str] | None = None, labels
                 try:
                     fns[bname] = (TORCH_PIPELINES[method](manifest, b.device, b.precision, threads)
                                   if b.engine == "torch" else
-                                  _runtime_pipeline(_variant(bundle, b.precision, b.engine, progress), b.provider,
+                                  _runtime_pipeline(variant_dir(bundle, b.precision, b.engine, progress), b.provider,
                                                     threads, Path(cache)))
                 except Exception as e:  # reported, never replaced by another backend
                     reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
