@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgeseg.export.bundle import export_bundle
 from edgeseg.export.evaluate import eval_method
+from edgeseg.runtime.fileio import atomic_write_bytes
 
 OUT = Path(__file__).resolve().parent / "results"
 NAMES = {"tcl": ("eval-maskclip-{split}{suffix}.json", "-nopamr", "untrained TCL"),
@@ -57,7 +58,8 @@ def main() -> None:
                 doc = dict(res.__dict__, method=f"maskclip ({what}: frozen CLIP dense features)",
                            command=f"python benchmarks/maskclip_baseline.py {a.method} --n {a.n} --seed {a.seed}")
                 print(res.summary().replace(f"{a.method:<6}", "maskclip"))
-                (OUT / pattern.format(split=split, suffix="" if post else off)).write_text(json.dumps(doc, indent=2) + "\n")
+                atomic_write_bytes(OUT / pattern.format(split=split, suffix="" if post else off),
+                                   (json.dumps(doc, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

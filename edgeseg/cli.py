@@ -153,7 +153,9 @@ def _eval(a: argparse.Namespace) -> None:
                       compare_torch=a.compare_torch, postprocess=not a.no_post)
     print(res.summary())
     if a.json:
-        Path(a.json).write_text(json.dumps(res.__dict__, indent=2) + "\n")
+        from edgeseg.runtime.fileio import atomic_write_bytes
+
+        atomic_write_bytes(a.json, (json.dumps(res.__dict__, indent=2) + "\n").encode())
 
 
 def _demo(a: argparse.Namespace) -> None:

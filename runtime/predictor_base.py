@@ -8,6 +8,7 @@ implements ``predict(labels, ...)`` with :meth:`_require_image`, :meth:`_embed_l
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return (z / z.sum(axis, keepdims=True)).astype(np.float32)
 
 
-class TwoPhasePredictor:
+class TwoPhasePredictor(ABC):
     METHOD = ""  # the manifest's "method"
     ENCODER = ""  # the component set_image runs on the 1x3xHxW image
 
@@ -89,8 +90,9 @@ class TwoPhasePredictor:
     def _provider(self, component: str) -> str:
         return self.bundle.providers_used.get(component, "")
 
-    def predict(self, labels: Any):  # pragma: no cover - every method implements it
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, labels: Any):
+        """Segment the image given to :meth:`set_image` into ``labels``; each method's result dataclass."""
 
     def segment(self, image: Any, labels: Any, **kwargs: Any):
         """One shot: :meth:`set_image` then :meth:`predict`."""
