@@ -75,18 +75,16 @@ def _cpu_facts() -> dict:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return facts
-    for line in info.splitlines():
-        key, _, val = line.partition(":")
-        key, val = key.strip(), val.strip()
-        if key == "model name" and "cpu" not in facts.get("_seen", ()):
-            facts["cpu"], facts["_seen"] = val, ("cpu",)
+    for line in info.splitlines():  # the first processor's entries
+        key, _, val = (x.strip() for x in line.partition(":"))
+        if key == "model name" and "model" not in facts:
+            facts["model"] = val
         elif key == "cpu MHz" and "mhz" not in facts:
             facts["mhz"] = float(val)
         elif key == "flags" and "flags" not in facts:
-            have = set(val.split())
-            facts["flags"] = sorted(have & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
-                                            "amx_bf16", "asimd", "sve"})
-    facts.pop("_seen", None)
+            facts["flags"] = sorted(set(val.split()) & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
+                                                        "amx_int8", "amx_bf16", "asimd", "sve"})
+    facts["cpu"] = facts.pop("model", facts["cpu"])
     try:
         facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
