@@ -168,6 +168,17 @@ def load_clip(folder: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
+def frozen_clip_ref(checkpoint: str | Path, **extra) -> dict:
+    """What a method checkpoint records of the frozen CLIP it was trained on (read by :func:`load_frozen_clip`):
+    the CLIP checkpoint's folder name and weights sha256, plus ``extra`` (e.g. the text template)."""
+    from edgeseg.runtime.fileio import sha256_file
+
+    from .checkpoint import WEIGHTS, resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    return {"checkpoint": folder.name, "weights_sha256": sha256_file(folder / WEIGHTS), **extra, "frozen": True}
+
+
 def load_frozen_clip(folder: Path, ref: dict, role: str = "CLIP checkpoint") -> nn.Module:
     """The CLIP a method checkpoint in ``folder`` was trained on. ``ref``: {"checkpoint": name or path (looked
     up next to ``folder`` first), "weights_sha256": ...}; a CLIP with other weights is refused."""

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import (CLIP_WEIGHTS, clip_config, clip_preprocessing, encode_image_features, load_clip,
-                   load_frozen_clip)
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .clip import (CLIP_WEIGHTS, clip_config, clip_preprocessing, encode_image_features, frozen_clip_ref,
+                   load_clip, load_frozen_clip)
 from .data.toyworld import CLASSES, ToyWorld, ToyWorldConfig, label_lut
 from .ifseg import IFSEG_CONFIGS, IFSegConfig, IFSegDecoder, artificial_batch, ifseg_loss, knn_refine
 from .loop import cosine_schedule, optimize, setup_cpu
@@ -148,11 +148,9 @@ def train_ifseg(out: str | Path, clip: str | Path = "clip_toy", recipe: IFSegRec
             for tag, knn in (("", None), ("_knn", KNN_DEFAULTS)):
                 metrics[f"torch_miou_{name}{tag}"] = round(evaluate_torch(decoder, clip_model, split, labels,
                                                                           r.eval_n, knn=knn, size=size), 4)
-    clip_folder = resolve_checkpoint(clip)
     save_checkpoint(out, decoder.state_dict(), {
         "kind": "ifseg", "architecture": cfg.to_dict(),
-        "clip": {"checkpoint": clip_folder.name, "weights_sha256": sha256_file(clip_folder / "model.safetensors"),
-                 "template": TEMPLATE, "frozen": True},
+        "clip": frozen_clip_ref(clip, template=TEMPLATE),
         "preprocessing": clip_preprocessing(cfg.clip, clip_model),
         "tokenizer": {"type": "clip-bpe", "context_length": ctx},
         "knn": dict(KNN_DEFAULTS),

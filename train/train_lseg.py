@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip, load_frozen_clip
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .clip import CLIP_WEIGHTS, clip_preprocessing, frozen_clip_ref, load_clip, load_frozen_clip
 from .data.toyworld import IGNORE, SEEN_SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, label_lut
 from .lseg import LSEG_CONFIGS, LSeg, LSegConfig
 from .loop import cosine_schedule, optimize, setup_cpu
@@ -133,11 +133,9 @@ def train_lseg(out: str | Path, clip_checkpoint: str | Path = "clip_toy", recipe
         metrics["torch_miou_seen"] = evaluate_torch(model, clip, ctx, "seen", labels, r.eval_n, size=size)
         metrics["torch_miou_unseen_zero_shot"] = evaluate_torch(model, clip, ctx, "unseen",
                                                                 list(UNSEEN_SHAPES) + list(STUFF), r.eval_n, size=size)
-    clip_folder = resolve_checkpoint(clip_checkpoint)
     save_checkpoint(out, model.state_dict(), {
         "kind": "lseg", "architecture": cfg.to_dict(),
-        "text_encoder": {"checkpoint": clip_folder.name, "weights_sha256": sha256_file(clip_folder / "model.safetensors"),
-                         "template": TEMPLATE, "frozen": True},
+        "text_encoder": frozen_clip_ref(clip_checkpoint, template=TEMPLATE),
         "preprocessing": clip_preprocessing(cfg.clip, model),
         "tokenizer": {"type": "clip-bpe", "context_length": ctx},
         "labels_trained": labels,

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, sha256_file
-from .clip import CLIP_WEIGHTS, clip_preprocessing, load_clip, load_frozen_clip
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .clip import CLIP_WEIGHTS, clip_preprocessing, frozen_clip_ref, load_clip, load_frozen_clip
 from .data.toyworld import SEEN_SHAPES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig, label_lut
 from .loop import cosine_schedule, optimize, setup_cpu
 from .tcl import LOSS_WEIGHTS, PAMR_DILATIONS, PAMR_ITERATIONS, TCL, TCL_CONFIGS, TCLConfig
@@ -170,11 +170,9 @@ def train_tcl(out: str | Path, clip: str | Path = "clip_toy", recipe: TCLRecipe 
     metrics.update(w=model.w.item(), b=model.b.item(), gates=[blk.gate.item() for blk in model.decoder])
     if r.eval_n:
         metrics.update(eval_splits(model, bank, r.eval_n, size))
-    clip_folder = resolve_checkpoint(clip)
     save_checkpoint(out, model.trainable_state_dict(), {
         "kind": "tcl", "architecture": model.config.to_dict(),
-        "clip": {"checkpoint": clip_folder.name, "weights_sha256": sha256_file(clip_folder / "model.safetensors"),
-                 "frozen": True},
+        "clip": frozen_clip_ref(clip),
         "text_encoder": {"template": TEMPLATE, "frozen": True},
         "preprocessing": clip_preprocessing(arch, clip_model),
         "tokenizer": {"type": "clip-bpe", "context_length": ctx},
