@@ -25,6 +25,7 @@ runtime-only: $(VENV)/.installed
 	$(VENV)/bin/edgeseg export lseg lseg_toy --out engines/lseg_toy
 	$(VENV)/bin/edgeseg export tcl tcl_toy --out engines/tcl_toy
 	$(VENV)/bin/edgeseg export ifseg ifseg_toy --out engines/ifseg_toy
+	$(VENV)/bin/edgeseg export refdiff toy --out engines/refdiff_toy
 	$(PYTHON) -m venv $(RT_VENV)
 	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RT_VENV)/bin/python -m pip install -q ".[runtime]"
@@ -32,7 +33,9 @@ runtime-only: $(VENV)/.installed
 	$(VENV)/bin/edgeseg toyworld --split seen --seed 3 --n 1 --out out/runtime-only
 	$(VENV)/bin/edgeseg build engines/lseg_toy --precision int8
 	cd out && for b in lseg_toy lseg_toy_int8 tcl_toy ifseg_toy; do ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/$$b --out runtime-only/overlay_$$b.png --cache-dir runtime-only/cache || exit 1; done
-	@echo "runtime-only: 4 passed, 0 failed (lseg, lseg int8, tcl, ifseg)"
+	$(VENV)/bin/edgeseg toyworld --split refer --seed 3 --n 1 --out out/runtime-only/refer
+	cd out && ../$(RT_VENV)/bin/edgeseg refer runtime-only/refer/scene_000.png "$$($(PYTHON) -c "import json; print(json.load(open('runtime-only/refer/scene_000.json'))['expressions'][0]['text'])")" --bundle ../engines/refdiff_toy --out runtime-only/refer_refdiff_toy.png --cache-dir runtime-only/cache || exit 1
+	@echo "runtime-only: 5 passed, 0 failed (lseg, lseg int8, tcl, ifseg, refdiff)"
 
 # The CPU headline benchmarks of the README (each line reproduces one figure; JSON + .md + .png under
 # benchmarks/results/). About 15 minutes on 2 cores; run nothing else meanwhile.

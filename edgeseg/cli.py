@@ -15,10 +15,19 @@ def _toyworld(a: argparse.Namespace) -> None:
     from edgeseg.runtime.visualize import colorize, save_png
     from edgeseg.train.data.toyworld import CLASSES, ToyWorld, ToyWorldConfig
 
-    world = ToyWorld(a.split, a.seed, ToyWorldConfig(size=a.size))
+    if a.split == "refer":
+        from edgeseg.train.data.refer import ReferWorld
+
+        refer = ReferWorld(a.seed, ToyWorldConfig(size=a.size))
+        samples = [refer[i] for i in range(a.n)]
+        scenes = [r.scene for r in samples]
+        for r in samples:  # the referring sample's own expression, first
+            r.scene.expressions.insert(0, r.expression)
+    else:
+        world = ToyWorld(a.split, a.seed, ToyWorldConfig(size=a.size))
+        scenes = [world[i] for i in range(a.n)]
     out = Path(a.out)
-    for i in range(a.n):
-        s = world[i]
+    for i, s in enumerate(scenes):
         stem = f"scene_{i:03d}"
         save_png(Image.fromarray(s.image), out / f"{stem}.png")
         save_png(Image.fromarray(colorize(s.semantic)), out / f"{stem}_semantic.png")
@@ -31,11 +40,23 @@ def _toyworld(a: argparse.Namespace) -> None:
                 "expressions": [{"text": e.text, "target_instance_id": e.target + 1, "kind": e.kind}
                                 for e in s.expressions]}
         (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
-        print(f"{out / stem}.png  {s.caption}")
+        print(f"{out / stem}.png  {s.expressions[0].text if a.split == 'refer' else s.caption}")
 
 
 def _train(a: argparse.Namespace) -> None:
-    if a.what == "clip":
+    if a.what == "ldm":  # --steps/--batch/--lr set the UNet stage (the VAE stage keeps its recipe)
+        from edgeseg.train.train_ldm import LDMRecipe, train_ldm
+
+        r = LDMRecipe(**{k: v for k, v in (("unet_steps", a.steps), ("unet_batch", a.batch), ("unet_lr", a.lr))
+                         if v is not None})
+        print(json.dumps(train_ldm(a.out or "train/checkpoints/ldm_toy", r), indent=2, default=str))
+    elif a.what == "sam":
+        from edgeseg.train.train_sam import SAMRecipe, train_sam
+
+        r = SAMRecipe(**{k: v for k, v in (("steps", a.steps), ("batch_images", a.batch), ("lr", a.lr),
+                                          ("warmup", a.warmup)) if v is not None})
+        print(json.dumps(train_sam(a.out or "train/checkpoints/sam_toy", r), indent=2, default=str))
+    elif a.what == "clip":
         from edgeseg.train.train_clip import ClipRecipe, train_clip
 
         r = ClipRecipe(**{k: v for k, v in (("steps", a.steps), ("batch", a.batch), ("lr", a.lr),
@@ -146,7 +167,42 @@ def _segment(a: argparse.Namespace) -> None:
                       res.timings_ms.items()}, "provider": res.provider, "truncated_labels": res.truncated_labels}))
 
 
+def _refer(a: argparse.Namespace) -> None:
+    from edgeseg.runtime.images import load_image
+    from edgeseg.runtime.refdiff import RefDiffPredictor
+    from edgeseg.runtime.visualize import refer_overlay, save_png
+
+    options = {k: v for k, v in (("proposals", a.proposals), ("single_t", a.single_t), ("seed", a.seed)) if v is not None}
+    if a.no_parser:
+        options["parser"] = None
+    pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, **options)
+    image = load_image(a.image)
+    pred.set_image(image)
+    results = pred.predict_many(a.expression)
+    outs = [a.out] if len(results) == 1 else [str(Path(a.out).with_name(f"{Path(a.out).stem}_{i}.png"))
+                                              for i in range(len(results))]
+    for res, out in zip(results, outs):
+        save_png(refer_overlay(image, res, top=a.top), out)
+        print(json.dumps({"out": out, "expression": res.expression, "target_word": res.target_word,
+                          "parser": res.parsed.parser, "directions": res.parsed.directions,
+                          "mask_pixels": int(res.mask.sum()), "proposals": len(res.proposals),
+                          "best": {"source": res.sources[res.best],
+                                   **{k: round(float(v[res.best]), 4) for k, v in res.scores.items()}},
+                          "truncated": res.truncated, "warnings": res.warnings,
+                          "timings_ms": {k: round(v, 1) for k, v in res.timings_ms.items()}, "provider": res.provider}))
+
+
 def _eval(a: argparse.Namespace) -> None:
+    if a.method == "refdiff":
+        from edgeseg.export.refdiff_eval import eval_refdiff
+
+        res = eval_refdiff(a.bundle or "engines/refdiff_toy", a.n, a.seed)
+        print(res.summary())
+        if a.json:
+            from edgeseg.runtime.fileio import atomic_write_bytes
+
+            atomic_write_bytes(a.json, (json.dumps(res.to_dict(), indent=2, default=str) + "\n").encode())
+        return
     from edgeseg.export.evaluate import eval_method
 
     res = eval_method(a.method, a.bundle or f"engines/{a.method}_toy", a.split, a.n, a.seed,
@@ -217,12 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=4)
-    s.add_argument("--split", default="all")
+    s.add_argument("--split", default="all", help="all, train, seen, unseen, clip; refer: the referring split "
+                                                   "(its expression first in the JSON)")
     s.add_argument("--size", type=int, default=96)
     s.set_defaults(fn=_toyworld)
 
-    s = sub.add_parser("train", help="train the tiny CLIP or LSeg on ToyWorld")
-    s.add_argument("what", choices=["clip", "lseg", "ifseg", "tcl"])
+    s = sub.add_parser("train", help="train the tiny ToyWorld models (CLIP, LSeg, IFSeg, TCL, and Ref-Diff's LDM "
+                                     "and SAM)")
+    s.add_argument("what", choices=["clip", "lseg", "ifseg", "tcl", "ldm", "sam"])
     s.add_argument("--out")
     s.add_argument("--clip", default="clip_toy", help="CLIP checkpoint for LSeg / IFSeg (default: bundled clip_toy)")
     s.add_argument("--steps", type=int)
@@ -233,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_train)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX bundle with manifest")
-    s.add_argument("method", help="lseg, clip, tcl, ifseg (see edgeseg.export.bundle.METHODS)")
+    s.add_argument("method", help="lseg, clip, tcl, ifseg, refdiff (see edgeseg.export.bundle.METHODS)")
     s.add_argument("checkpoint", help="checkpoint folder or bundled name (lseg_toy, clip_toy); for clip also "
-                                      "ViT-B-16 (random init) or ViT-B-16:/path/to/open_clip.pt")
+                                      "ViT-B-16 (random init) or ViT-B-16:/path/to/open_clip.pt; for refdiff a "
+                                      "config name (toy, full-vit-b, full-vit-h) or JSON file "
+                                      "(see edgeseg.export.refdiff_bundle)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_export)
 
@@ -284,8 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", default="default", help="text-embedding cache folder ('default' or a path)")
     s.set_defaults(fn=_segment)
 
-    s = sub.add_parser("eval", help="ToyWorld mIoU through the runtime")
-    s.add_argument("method", choices=METHODS)
+    s = sub.add_parser("refer", help="referring segmentation with a Ref-Diff bundle (runtime only)")
+    s.add_argument("image")
+    s.add_argument("expression", nargs="+", help='one or more expressions, e.g. "the red circle on the left"')
+    s.add_argument("--bundle", default="engines/refdiff_toy")
+    s.add_argument("--out", default="refer.png", help="overlay PNG (several expressions: OUT_0.png, OUT_1.png...)")
+    s.add_argument("--proposals", choices=["sam", "thresholds", "both"], help="default: the bundle's (sam)")
+    s.add_argument("--single-t", type=int, help="the paper's single-timestep mode at this t (default: DDIM steps)")
+    s.add_argument("--seed", type=int, help="DDIM noise seed (default: the bundle's)")
+    s.add_argument("--top", type=int, default=3, help="proposals drawn in the overlay")
+    s.add_argument("--no-parser", action="store_true", help="skip spaCy: the parser-free target-word rule")
+    s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"])
+    s.add_argument("--cache-dir", default="default", help="text cache folder ('default' or a path)")
+    s.set_defaults(fn=_refer)
+
+    s = sub.add_parser("eval", help="ToyWorld mIoU (segmentation) or oIoU/mIoU (refdiff) through the runtime")
+    s.add_argument("method", choices=METHODS + ["refdiff"])
     s.add_argument("--bundle", help="default: engines/<method>_toy")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--split", default="seen", choices=["seen", "unseen", "generalized"])

@@ -24,6 +24,8 @@ from edgeseg.train.checkpoint import resolve_checkpoint
 from . import clip_image, clip_text, lseg_encoder, lseg_head
 from . import ifseg_encoder, ifseg_head
 from . import tcl_encoder, tcl_head
+from . import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
+from .refdiff_bundle import refdiff_components
 from .tcl_bundle import tcl_components
 from .spec import ComponentSpec
 from .tokenizer import build_clip_tokenizer_json
@@ -39,6 +41,12 @@ COMPONENTS = {  # every exportable component: name -> module holding its wrapper
     ifseg_head.NAME: ifseg_head,
     tcl_encoder.NAME: tcl_encoder,
     tcl_head.NAME: tcl_head,
+    sd_text.NAME: sd_text,
+    vae_encoder.NAME: vae_encoder,
+    unet_attn.NAME: unet_attn,
+    sam_encoder.NAME: sam_encoder,
+    sam_decoder.NAME: sam_decoder,
+    clip_masked.NAME: clip_masked,
 }
 
 
@@ -116,7 +124,7 @@ def _ifseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module
 
 
 METHODS: dict[str, Callable] = {"lseg": _lseg_components, "clip": _clip_components, "ifseg": _ifseg_components,
-                                "tcl": tcl_components}
+                                "tcl": tcl_components, "refdiff": refdiff_components}
 
 
 def build_components(method: str, checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
@@ -128,7 +136,11 @@ def build_components(method: str, checkpoint: str | Path) -> tuple[dict[str, tup
 
 def example_inputs(name: str, spec: ComponentSpec, which: str = "opt", batch: int | None = None,
                    seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Inputs for export and parity: valid token ids for text, unit-norm embeddings for the LSeg head."""
+    """Inputs for export and parity: valid token ids for text, unit-norm embeddings for the LSeg head; a
+    component module with its own ``example_inputs`` (prompts, masks, timesteps) gives its own."""
+    module = COMPONENTS.get(name)
+    if module is not None and hasattr(module, "example_inputs"):
+        return tuple(module.example_inputs(spec, which, batch, seed))
     g = torch.Generator().manual_seed(seed)
     if name == clip_text.NAME:
         shape = getattr(spec.inputs[0], which)
@@ -146,6 +158,10 @@ def export_component(wrapper: nn.Module, spec: ComponentSpec, path: Path) -> Non
     traces into plain ops), dynamic axes from the spec, example batch of 2 so no axis freezes at 1."""
     wrapper.eval()
     name = path.stem
+    module = COMPONENTS.get(name)
+    if module is not None and hasattr(module, "export"):  # a component that needs its own exporter settings
+        module.export(wrapper, spec, path)
+        return
     args = example_inputs(name, spec, "opt", batch=2)
     with torch.no_grad(), _mha_fastpath(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -181,26 +197,31 @@ def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress
     out = Path(out)
     comps, info = build_components(method, checkpoint)
     ckpt_name = str(checkpoint)
-    try:
-        folder = resolve_checkpoint(checkpoint)
-        source = {"checkpoint": str(folder), "weights_sha256": sha256_file(folder / "model.safetensors")}
-    except FileNotFoundError:
-        path = ckpt_name.partition(":")[2]
-        source = {"checkpoint": ckpt_name, "weights_sha256": sha256_file(path) if path else None}
+    if "source" in info:  # a method assembled from several models names them itself
+        source = info["source"]
+    else:
+        try:
+            folder = resolve_checkpoint(checkpoint)
+            source = {"checkpoint": str(folder), "weights_sha256": sha256_file(folder / "model.safetensors")}
+        except FileNotFoundError:
+            path = ckpt_name.partition(":")[2]
+            source = {"checkpoint": ckpt_name, "weights_sha256": sha256_file(path) if path else None}
     with staged_dir(out) as tmp:
         manifest_components = {}
         for name, (wrapper, spec) in tqdm(comps.items(), desc=f"export {method}", disable=not progress):
             file = tmp / f"{name}.onnx"
             export_component(wrapper, spec, file)
             manifest_components[name] = {"file": file.name, "sha256": sha256_file(file), "precision": "fp32",
-                                         "exporter": "torch.onnx (TorchScript)", **spec.to_dict()}
+                                         "exporter": getattr(COMPONENTS.get(name), "EXPORTER", "torch.onnx (TorchScript)"),
+                                         **spec.to_dict()}
         tok = build_clip_tokenizer_json(tmp / "tokenizer.json", info["context_length"])
         tok["sha256"] = sha256_file(tmp / "tokenizer.json")
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "name": out.name, "method": method,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": source, "versions": _versions(), "preprocessing": info["preprocessing"],
-            "tokenizer": tok, "method_config": info["method_config"],
+            "tokenizer": tok, **{key: dict(tok, **facts) for key, facts in info.get("extra_tokenizers", {}).items()},
+            "method_config": info["method_config"],
             "checkpoint_metrics": info.get("metrics", {}), "components": manifest_components,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -10,7 +10,9 @@ from .cache import TextEmbeddingCache
 from .ifseg import IFSegPredictor, IFSegResult
 from .lseg import LSegPredictor, LSegResult
 from .predictors import PREDICTORS, list_methods, load_predictor
+from .refdiff import RefDiffPredictor, RefDiffResult
 from .tcl import TCLPredictor, TCLResult
 
 __all__ = ["Bundle", "BundleError", "LSegPredictor", "LSegResult", "PREDICTORS", "TextEmbeddingCache", "list_methods",
-           "load_predictor", "IFSegPredictor", "IFSegResult", "TCLPredictor", "TCLResult"]
+           "load_predictor", "IFSegPredictor", "IFSegResult", "TCLPredictor", "TCLResult", "RefDiffPredictor",
+           "RefDiffResult"]

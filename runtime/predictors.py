@@ -24,6 +24,8 @@ PREDICTORS: dict[str, type] = {  # manifest "method" -> predictor class
     "ifseg": IFSegPredictor,
     "tcl": TCLPredictor,
 }
+# Referring segmentation: predict(expression) instead of predict(labels); class imported on demand.
+REFERRING = {"refdiff": "edgeseg.runtime.refdiff.RefDiffPredictor"}
 
 
 def list_methods() -> list[str]:
@@ -38,6 +40,9 @@ def load_predictor(bundle: Bundle | str | Path, method: str | None = None, **kwa
     if method is not None and method != b.method:
         raise ValueError(f"bundle {b.path} holds method {b.method!r}, not {method!r}; export one with "
                          f"edgeseg export {method} ..., or drop --method")
+    if b.method in REFERRING:
+        raise ValueError(f"bundle {b.path} holds the referring method {b.method!r}, which takes an expression, not "
+                         f"labels: use {REFERRING[b.method]} (or edgeseg refer IMAGE \"the red circle\" --bundle ...)")
     if b.method not in PREDICTORS:
         raise ValueError(f"bundle {b.path} holds method {b.method!r}, which has no segmentation predictor; "
                          f"segmentable methods: {list_methods()}")

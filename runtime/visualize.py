@@ -53,3 +53,42 @@ def save_png(image, path: str | Path) -> Path:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def heatmap(values: np.ndarray) -> np.ndarray:
+    """H x W float in [0, 1] -> H x W x 3 uint8, dark blue (0) through green and yellow to red (1)."""
+    v = np.clip(values.astype(np.float32), 0.0, 1.0)
+    stops = np.array([(20, 20, 110), (30, 140, 220), (60, 200, 90), (250, 220, 40), (220, 30, 30)], np.float32)
+    pos = v * (len(stops) - 1)
+    lo = np.minimum(pos.astype(int), len(stops) - 2)
+    w = (pos - lo)[..., None]
+    return (stops[lo] * (1 - w) + stops[lo + 1] * w).astype(np.uint8)
+
+
+def refer_overlay(image: np.ndarray, result, top: int = 3, scale: int = 2):
+    """Ref-Diff result panel (PIL image): the chosen mask over the image, the attention heat map ``c``, and the
+    ``top`` best proposals with their scores (s, s^G, s^D), the expression and target word as the title."""
+    from PIL import Image, ImageDraw
+
+    def tint(mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.55) -> np.ndarray:
+        out = image.astype(np.float32).copy()
+        out[mask] = out[mask] * (1 - alpha) + np.array(colour, np.float32) * alpha
+        return out.astype(np.uint8)
+
+    heat = (image.astype(np.float32) * 0.35 + heatmap(result.attention).astype(np.float32) * 0.65).astype(np.uint8)
+    panels = [(tint(result.mask), "chosen mask"), (heat, f"attention: '{result.target_word}'")]
+    for rank, i in enumerate(result.top(top), start=1):
+        sc = result.scores
+        panels.append((tint(result.proposals[i], (40, 120, 255)),
+                       f"#{rank} s={sc['total'][i]:.3f} G={sc['generative'][i]:.2f} D={sc['discriminative'][i]:.3f}"))
+    h, w = image.shape[:2]
+    pw, ph = w * scale, h * scale
+    label_h = 16
+    canvas = Image.new("RGB", (pw * len(panels), ph + 2 * label_h + 4), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    d.text((4, 2), f"\"{result.expression}\"  ->  target '{result.target_word}'  ({result.parsed.parser})",
+           fill=(0, 0, 0))
+    for k, (arr, label) in enumerate(panels):
+        canvas.paste(Image.fromarray(arr).resize((pw, ph), Image.NEAREST), (k * pw, label_h))
+        d.text((k * pw + 3, label_h + ph + 2), label, fill=(0, 0, 0))
+    return canvas

@@ -51,7 +51,7 @@ def save_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], config: 
     return folder
 
 
-KINDS = {"clip": "a CLIP", "lseg": "an LSeg", "ifseg": "an IFSeg", "tcl": "a TCL"}  # config "kind" -> in messages
+KINDS = {"clip": "a CLIP", "lseg": "an LSeg", "ifseg": "an IFSeg", "tcl": "a TCL", "sam": "a SAM", "ldm": "a latent-diffusion"}  # config "kind" -> in messages
 
 
 def load_checkpoint(folder: str | Path, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -177,6 +177,21 @@ def _shape_mask(obj: ToyObject, size: int) -> np.ndarray:
     return np.asarray(m, dtype=bool)
 
 
+def paint_object(obj: ToyObject, instance_id: int, image: np.ndarray, semantic: np.ndarray,
+                 instances: np.ndarray, rng: np.random.Generator) -> None:
+    """Draw ``obj`` over the layers in place (shaded fill with noise): image HxWx3 float32, semantic and
+    instances HxW uint8 (``instance_id`` written where the object is)."""
+    n = image.shape[0]
+    mask = _shape_mask(obj, n)
+    shade = 1.0 + 0.12 * (np.linspace(-1, 1, n)[None, :] * math.cos(obj.angle) +
+                          np.linspace(-1, 1, n)[:, None] * math.sin(obj.angle))
+    colour_rgb = np.array(RGB[obj.colour], np.float32) + rng.normal(0, 8, 3)
+    fill = np.clip(colour_rgb[None, None] * shade[..., None] + rng.normal(0, 4, (n, n, 1)), 0, 255)
+    image[mask] = fill[mask]
+    semantic[mask] = CLASSES.index(obj.shape)
+    instances[mask] = instance_id
+
+
 # ----------------------------------------------------------------------------------------------- scenes
 @dataclass(frozen=True)
 class ToyWorldConfig:
@@ -216,15 +231,13 @@ class ToyWorld:
             size = float(rng.uniform(cfg.min_scale, cfg.max_scale)) * n
             cx, cy = (float(v) for v in rng.uniform(size / 2, n - size / 2, 2))
             obj = ToyObject(shape, colour, (cx, cy), size, float(rng.uniform(0, 360)))
-            mask = _shape_mask(obj, n)
-            shade = 1.0 + 0.12 * (np.linspace(-1, 1, n)[None, :] * math.cos(obj.angle) +
-                                  np.linspace(-1, 1, n)[:, None] * math.sin(obj.angle))
-            colour_rgb = np.array(RGB[colour], np.float32) + rng.normal(0, 8, 3)
-            fill = np.clip(colour_rgb[None, None] * shade[..., None] + rng.normal(0, 4, (n, n, 1)), 0, 255)
-            image[mask] = fill[mask]
-            semantic[mask] = CLASSES.index(shape)
-            instances[mask] = len(objects) + 1
+            paint_object(obj, len(objects) + 1, image, semantic, instances, rng)
             objects.append(obj)
+        return self.compose(stuff, image, semantic, instances, objects, rng)
+
+    def compose(self, stuff: str, image: np.ndarray, semantic: np.ndarray, instances: np.ndarray,
+                objects: list[ToyObject], rng: np.random.Generator) -> Scene:
+        """A :class:`Scene` from painted layers: measure visible parts, add pixel noise, caption, expressions."""
         objects = self._finalise(objects, instances)
         image_u8 = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
         scene = Scene(image_u8, semantic, instances, stuff, objects, caption(objects, stuff))

@@ -1,0 +1,98 @@
+"""Full-size Ref-Diff export check with random weights: every component of ``full-vit-b`` / ``full-vit-h``
+exported to ONNX, loaded in ONNX Runtime (CPU) and compared with PyTorch on one example input.
+
+    python benchmarks/refdiff_full_export.py [--config full-vit-h] [--only unet_attn sam_encoder]
+        [--out benchmarks/results/refdiff-full-export.json]
+
+Each component runs in its own process, so its peak resident memory (export, then the ORT check) is its own.
+Too slow for CI (SD 1.5 UNet: ~3.4 GB of weights); run it by hand on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np, torch
+side, spec, name, folder = sys.argv[1:5]
+t0 = time.perf_counter()
+if side == "sd":
+    from edgeseg.export.refdiff_sd import sd_components as build
+elif side == "sam":
+    from edgeseg.export.refdiff_sam import sam_components as build
+else:
+    from edgeseg.export.clip_masked import refdiff_clip_components as build
+comps, _ = build(spec)
+wrapper, cspec = comps[name]
+for other in [k for k in comps if k != name]:
+    del comps[other]
+params = sum(p.numel() for p in wrapper.parameters())
+t1 = time.perf_counter()
+from edgeseg.export.bundle import example_inputs, export_component
+path = Path(folder) / f"{name}.onnx"
+export_component(wrapper, cspec, path)
+t2 = time.perf_counter()
+export_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+size = sum(f.stat().st_size for f in Path(folder).iterdir()) / 2**20
+inputs = example_inputs(name, cspec, "opt", batch=1, seed=1)
+with torch.no_grad():
+    t3 = time.perf_counter(); ref = wrapper(*inputs); t4 = time.perf_counter()
+ref = ref if isinstance(ref, tuple) else (ref,)
+import onnxruntime as ort
+sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+feeds = {t.name: x.numpy() for t, x in zip(cspec.inputs, inputs)}
+t5 = time.perf_counter(); got = sess.run(None, feeds); t6 = time.perf_counter()
+diff = {t.name: float(np.abs(r.numpy() - g).max()) for t, r, g in zip(cspec.outputs, ref, got)}
+print(json.dumps({"component": name, "model": spec, "parameters_M": round(params / 1e6, 1),
+                  "build_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "onnx_MB": round(size, 1),
+                  "peak_rss_export_GB": round(export_rss / 1024, 2),
+                  "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                  "input_shapes": {t.name: list(x.shape) for t, x in zip(cspec.inputs, inputs)},
+                  "torch_ms": round((t4 - t3) * 1e3), "ort_cpu_ms": round((t6 - t5) * 1e3),
+                  "max_abs_diff": diff}))
+"""
+
+SIDES = {"sd_text": "sd", "vae_encoder": "sd", "unet_attn": "sd", "sam_encoder": "sam", "sam_decoder": "sam",
+         "clip_text": "clip", "clip_masked": "clip"}
+
+
+def main() -> None:
+    from edgeseg.export.refdiff_bundle import resolve_config
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="full-vit-h")
+    ap.add_argument("--only", nargs="*", default=list(SIDES))
+    ap.add_argument("--out", default="benchmarks/results/refdiff-full-export.json")
+    a = ap.parse_args()
+    cfg = resolve_config(a.config)
+    models = {"sd": cfg["ldm"], "sam": cfg["sam"], "clip": cfg["clip"]}
+    rows = []
+    for name in a.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", WORKER, SIDES[name], models[SIDES[name]], name, tmp],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                rows.append({"component": name, "error": out.stderr.strip().splitlines()[-1][:300]})
+            else:
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows[-1]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(rows[-1]), flush=True)
+    doc = {"command": "python benchmarks/refdiff_full_export.py " + " ".join(sys.argv[1:]), "config": a.config,
+           "models": models, "machine": platform.platform(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "weights": "random (seeded)", "rows": rows}
+    from edgeseg.runtime.fileio import atomic_write_bytes
+
+    atomic_write_bytes(a.out, (json.dumps(doc, indent=2) + "\n").encode())
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""``edgeseg export refdiff CONFIG``: the seven Ref-Diff components in one bundle.
+
+CONFIG is a registered name of :data:`REFDIFF_CONFIGS` or a JSON file of the same form, naming the three
+models (each a bundled checkpoint, a registered architecture with random weights, or ``arch:/local/file``)::
+
+    {"ldm": "sd15:/models/stable-diffusion-v1-5",      # diffusers folder or single-file .safetensors/.ckpt
+     "sam": "vit_h:/models/sam_vit_h_4b8939.pth",
+     "clip": "ViT-B-16:/models/open_clip_vit_b16.bin",
+     "inference": {"alpha": 0.1, "beta": 0.3},        # optional overrides of REFDIFF_DEFAULTS
+     "amg": {"points_per_side": 32}}                   # optional overrides of the SAM mask generator
+
+Components: ``sd_text``, ``vae_encoder``, ``unet_attn`` (:mod:`.refdiff_sd`), ``sam_encoder``, ``sam_decoder``
+(:mod:`.refdiff_sam`), ``clip_text`` and ``clip_masked``. Registered in :data:`edgeseg.export.bundle.METHODS`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from edgeseg.runtime.refdiff import DEFAULTS
+
+from .clip_masked import refdiff_clip_components
+from .spec import ComponentSpec
+
+REFDIFF_CONFIGS = {  # name -> the three models; weights and files separate (see the module docstring)
+    # ToyWorld referents are objects: SAM's stuff masks (the background, > half the image) are dropped, since
+    # the tiny CLIP scores a masked background as high as an object (see README, Ref-Diff).
+    "toy": {"ldm": "ldm_toy", "sam": "sam_toy", "clip": "clip_toy", "amg": {"max_mask_fraction": 0.5}},
+    "full-vit-b": {"ldm": "sd15", "sam": "vit_b", "clip": "ViT-B-16"},
+    "full-vit-h": {"ldm": "sd15", "sam": "vit_h", "clip": "ViT-B-16"},
+}
+# Inference defaults (the runtime's): DDIM 20 steps x strength 0.1 (2 steps) and guidance 9 as the official
+# code; the paper's alpha 0.1 / beta 0.3, masked input x*M for the hard branch and P on the soft branch.
+REFDIFF_DEFAULTS = DEFAULTS
+
+
+def list_configs() -> list[str]:
+    return sorted(REFDIFF_CONFIGS)
+
+
+def resolve_config(config: str | Path) -> dict:
+    """A registered name or a JSON file -> {"ldm", "sam", "clip", "inference"}."""
+    if str(config) in REFDIFF_CONFIGS:
+        cfg = dict(REFDIFF_CONFIGS[str(config)])
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"Ref-Diff config {str(config)!r} is neither a registered name {list_configs()} "
+                                    f"nor a JSON file")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); see edgeseg.export.refdiff_bundle for the form") from None
+    missing = [k for k in ("ldm", "sam", "clip") if k not in cfg]
+    if missing:
+        raise ValueError(f"Ref-Diff config {str(config)!r} lacks {missing}; it needs ldm, sam and clip entries")
+    unknown = sorted(set(cfg.get("inference", {})) - set(REFDIFF_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown inference option(s) {unknown} in {str(config)!r}; known: {sorted(REFDIFF_DEFAULTS)}")
+    from edgeseg.runtime.sam_auto import AMG_DEFAULTS
+
+    unknown = sorted(set(cfg.get("amg", {})) - set(AMG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown amg option(s) {unknown} in {str(config)!r}; known: {sorted(AMG_DEFAULTS)}")
+    return {"ldm": cfg["ldm"], "sam": cfg["sam"], "clip": cfg["clip"], "amg": dict(cfg.get("amg", {})),
+            "inference": {**REFDIFF_DEFAULTS, **cfg.get("inference", {})}}
+
+
+def refdiff_components(config: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
+    """(name -> (export wrapper, spec), bundle info) of a Ref-Diff config."""
+    from .refdiff_sam import sam_components
+    from .refdiff_sd import sd_components
+
+    cfg = resolve_config(config)
+    comps, sd_info = sd_components(cfg["ldm"])
+    sam_comps, sam_info = sam_components(cfg["sam"])
+    clip_comps, clip_info = refdiff_clip_components(cfg["clip"])
+    comps.update(sam_comps)
+    comps.update(clip_comps)
+    sam_info["amg"].update(cfg["amg"])
+    method_config = {**cfg["inference"], "template": "{}", "models": {k: str(cfg[k]) for k in ("ldm", "sam", "clip")},
+                     "clip_masked": clip_info["clip_masked"],
+                     **{k: v for k, v in sd_info.items() if k != "sd_tokenizer"}, **sam_info}
+    info = {"preprocessing": clip_info["preprocessing"], "context_length": clip_info["context_length"],
+            "method_config": method_config,
+            "extra_tokenizers": {"sd_tokenizer": sd_info["sd_tokenizer"]},
+            "source": {"checkpoint": str(config), "models": {k: str(cfg[k]) for k in ("ldm", "sam", "clip")}}}
+    return comps, info

@@ -1,0 +1,192 @@
+"""Cross-attention capture for a diffusers ``UNet2DConditionModel`` (Ref-Diff's localization maps).
+
+:class:`CaptureProcessor` computes ``probs = softmax(Q K^T / sqrt(d))`` explicitly (so the maps exist even where a
+fused SDPA processor would run), averages them over heads and keeps ``B x (h*w) x T`` for the wrapper.
+:class:`AttentionCapture` installs one on every cross-attention layer whose query grid is in the chosen
+resolutions and returns ``(noise_pred, attn)``, ``attn`` the mean over layers on a target grid (layers at other
+grids bilinearly resized with static sizes). Per-layer grids come from one eager pass at construction, so the
+traced graph holds no shape arithmetic (export-notes traps 5, 6, 7).
+
+:func:`reference_attention` computes the same map with diffusers' own ``AttnProcessor`` /
+``Attention.get_attention_scores``, for parity tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CaptureProcessor:
+    """Attention processor that stores head-averaged attention probabilities (``B x N x T``) in ``self.probs``."""
+
+    def __init__(self) -> None:
+        self.probs: torch.Tensor | None = None
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        batch, n = hidden_states.shape[0], hidden_states.shape[1]
+        heads = attn.heads
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(context)
+        v = attn.to_v(context)
+        d = q.shape[-1] // heads
+        q = q.view(batch, n, heads, d).transpose(1, 2)  # B x heads x N x d
+        k = k.view(batch, -1, heads, d).transpose(1, 2)
+        v = v.view(batch, -1, heads, d).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # B x heads x N x T
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
+            scores = scores + mask.view(batch, heads, -1, mask.shape[-1])
+        probs = scores.float().softmax(dim=-1)
+        self.probs = probs.mean(dim=1)  # B x N x T
+        out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, n, heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def cross_attention_layers(unet: nn.Module) -> list[str]:
+    """Names of the cross-attention (``attn2``) modules of a diffusers UNet, in forward order."""
+    return [n for n, m in unet.named_modules() if n.endswith("attn2") and hasattr(m, "set_processor")]
+
+
+@torch.no_grad()
+def layer_grids(unet: nn.Module, latent_hw: tuple[int, int], context_dim: int, context_len: int = 77
+                ) -> dict[str, tuple[int, int]]:
+    """One eager pass: each cross-attention layer -> its query grid ``(h, w)`` for latents of ``latent_hw``."""
+    seq: dict[str, int] = {}
+    hooks = []
+    for name in cross_attention_layers(unet):
+        mod = unet.get_submodule(name)
+        hooks.append(mod.register_forward_pre_hook(
+            lambda m, args, kw, name=name: seq.__setitem__(name, int((args[0] if args else kw["hidden_states"])
+                                                                     .shape[1])), with_kwargs=True))
+    try:
+        p = next(unet.parameters())
+        unet(torch.zeros(1, unet.config.in_channels, *latent_hw, dtype=p.dtype),
+             torch.tensor([1.0]), torch.zeros(1, context_len, context_dim, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    grids = {}
+    for name, n in seq.items():
+        h, w = latent_hw
+        while h * w > n and h > 1:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if h * w != n:
+            raise ValueError(f"cannot place {n} queries of layer {name} on a grid from latent {latent_hw}")
+        grids[name] = (h, w)
+    return grids
+
+
+def _combine(maps: list[tuple[torch.Tensor, tuple[int, int]]], grid: tuple[int, int]) -> torch.Tensor:
+    """Mean over layers of B x (h*w) x T maps, each resized (bilinear, static sizes) to ``grid``."""
+    acc = None
+    for probs, (h, w) in maps:
+        m = probs
+        if (h, w) != tuple(grid):
+            t = probs.shape[-1]
+            m = probs.transpose(1, 2).reshape(probs.shape[0], t, h, w)
+            m = F.interpolate(m, size=(int(grid[0]), int(grid[1])), mode="bilinear", align_corners=False)
+            m = m.reshape(probs.shape[0], t, grid[0] * grid[1]).transpose(1, 2)
+        acc = m if acc is None else acc + m
+    return acc / len(maps)
+
+
+class AttentionCapture(nn.Module):
+    """Export wrapper: ``(sample B x 4 x h x w, timestep B float32, encoder_hidden_states B x T x D)`` ->
+    ``(noise_pred B x 4 x h x w, attn B x (q_h*q_w) x T float32)``; ``attn`` rows sum to 1."""
+
+    def __init__(self, unet: nn.Module, latent_hw: tuple[int, int], resolutions: list[int] | tuple[int, ...],
+                 grid: tuple[int, int] | None = None, query_downscale: int = 2, context_len: int = 77):
+        super().__init__()
+        self.unet = unet
+        self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
+        self.grid = tuple(grid) if grid is not None else (self.latent_hw[0] // query_downscale,
+                                                          self.latent_hw[1] // query_downscale)
+        grids = layer_grids(unet, self.latent_hw, unet.config.cross_attention_dim, context_len)
+        self.resolutions = tuple(sorted({int(r) for r in resolutions}))
+        chosen = [(n, g) for n, g in grids.items() if g[0] in self.resolutions]
+        if not chosen:
+            have = sorted({g[0] for g in grids.values()})
+            raise ValueError(f"no cross-attention layer has a query grid in {list(self.resolutions)} for latent "
+                             f"{self.latent_hw}; the UNet's grids are {have}: pick resolutions among them")
+        self.layer_names = tuple(n for n, _ in chosen)  # a tuple of names: no dict for export to copy
+        self.layer_hw = tuple(g for _, g in chosen)
+        for name in self.layer_names:  # per-module set_processor: no shared dict (trap 7)
+            unet.get_submodule(name).set_processor(CaptureProcessor())
+
+    def captured(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """The maps of the last forward, looked up through the modules at call time (trap 5)."""
+        out = []
+        for name, hw in zip(self.layer_names, self.layer_hw):
+            proc = self.unet.get_submodule(name).processor
+            if not isinstance(proc, CaptureProcessor):
+                raise RuntimeError(f"the attention processor of {name} was replaced by {type(proc).__name__} after "
+                                   f"AttentionCapture was built (set_attn_processor?); build AttentionCapture again")
+            if proc.probs is None:
+                raise RuntimeError(f"layer {name} captured no attention in the last forward; it did not run")
+            out.append((proc.probs, hw))
+        return out
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        for name in self.layer_names:
+            proc = self.unet.get_submodule(name).processor
+            if isinstance(proc, CaptureProcessor):
+                proc.probs = None
+        noise = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        return noise, _combine(self.captured(), self.grid)
+
+
+@torch.no_grad()
+def reference_attention(unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor,
+                        resolutions: list[int] | tuple[int, ...], grid: tuple[int, int]) -> torch.Tensor:
+    """The same B x (q_h*q_w) x T map as :class:`AttentionCapture`, computed with diffusers' own ``AttnProcessor``
+    (``Attention.get_attention_scores``). Processors of the UNet are restored afterwards."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+    grids = layer_grids(unet, latent_hw, unet.config.cross_attention_dim, states.shape[1])
+    chosen = [(n, g) for n, g in grids.items() if g[0] in set(int(r) for r in resolutions)]
+    saved = {n: unet.get_submodule(n).processor for n, _ in chosen}
+    got: dict[str, torch.Tensor] = {}
+    try:
+        for name, _ in chosen:
+            mod = unet.get_submodule(name)
+            mod.set_processor(AttnProcessor())
+            orig = type(mod).get_attention_scores.__get__(mod)
+
+            def scores(q, k, mask=None, name=name, orig=orig, mod=mod):
+                p = orig(q, k, mask)
+                got[name] = p.view(-1, mod.heads, p.shape[1], p.shape[2]).mean(1)
+                return p
+            mod.get_attention_scores = scores
+        unet(sample, timestep, states)
+    finally:
+        for name, proc in saved.items():
+            mod = unet.get_submodule(name)
+            mod.__dict__.pop("get_attention_scores", None)
+            mod.set_processor(proc)
+    return _combine([(got[n], g) for n, g in chosen], grid)
