@@ -50,7 +50,7 @@ class RefDiffResult:
     mask: np.ndarray  # H x W bool: the best-scoring proposal
     best: int  # index into proposals
     proposals: np.ndarray  # N x H x W bool
-    sources: list[str]  # per proposal: "sam" or "threshold"
+    sources: list[str]  # per proposal: "sam", "threshold" (or "image" when there was no proposal at all)
     scores: dict[str, np.ndarray]  # "generative" s^G, "discriminative" s^D, "total" s; N float32 each
     attention: np.ndarray  # H x W float32 in [0, 1]: the target token's normalized cross-attention c
     target_word: str
@@ -93,7 +93,7 @@ class RefDiffPredictor(TwoPhasePredictor):
         self._uncond: np.ndarray | None = None
         self._image: np.ndarray | None = None
         self._latent: np.ndarray | None = None
-        self._sam: tuple[np.ndarray, list[str]] | None = None
+        self._sam: np.ndarray | None = None  # N x H x W bool automatic masks of the current image
         self._clip_embeds: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ image phase
@@ -115,7 +115,7 @@ class RefDiffPredictor(TwoPhasePredictor):
                                      cfg.get("mask_threshold", 0.0))
         t4 = time.perf_counter()
         self._image, self._size, self._clip_embeds = img, img.shape[:2], {}
-        self._sam = (masks, ["sam"] * len(masks))
+        self._sam = masks
         self._encoded = {"latent": self._latent}
         if self.options["proposals"] != "thresholds" and len(masks):
             self._clip_embeddings(masks, (), key=("sam", ()))
@@ -252,21 +252,23 @@ class RefDiffPredictor(TwoPhasePredictor):
         t0 = time.perf_counter()
         o = self.options
         warnings = [] if p.has_noun else [p.message]
-        sam_masks, sam_src = self._sam if self._sam is not None else (np.zeros((0, *self._size), bool), [])
-        parts, srcs, keys = [], [], []
-        if source in ("sam", "both") and len(sam_masks):
-            parts.append(sam_masks), srcs.extend(sam_src), keys.append(("sam", tuple(p.directions)))
-        if source in ("thresholds", "both"):
-            th = threshold_proposals(c, tuple(self.config.get("thresholds", THRESHOLDS)))
-            parts.append(th), srcs.extend(["threshold"] * len(th)), keys.append(None)
-        if not parts or not sum(len(m) for m in parts):
-            warnings.append("no SAM proposal survived filtering; using the threshold proposals of c")
-            th = threshold_proposals(c, tuple(self.config.get("thresholds", THRESHOLDS)))
-            parts, srcs, keys = [th], ["threshold"] * len(th), [None]
+        directions = tuple(p.directions)
+        groups = []  # (masks, source, key of the memoized CLIP embeddings)
+        if source in ("sam", "both") and self._sam is not None and len(self._sam):
+            groups.append((self._sam, "sam", ("sam", directions)))
+        if source in ("thresholds", "both") or not groups:
+            if source == "sam":
+                warnings.append("no SAM proposal survived filtering; using the threshold proposals of c")
+            groups.append((threshold_proposals(c, tuple(self.config.get("thresholds", THRESHOLDS))), "threshold", None))
+        if not sum(len(m) for m, _, _ in groups):  # a flat attention map and no SAM mask: nothing to score
+            warnings.append("no proposal at all (no SAM mask, flat attention map): the whole image is returned")
+            groups = [(np.ones((1, *self._size), bool), "image", None)]
+        groups = [g for g in groups if len(g[0])]
+        srcs = [src for m, src, _ in groups for _ in range(len(m))]
         r = texts.mean(0)
         r = r / max(float(np.linalg.norm(r)), 1e-12)
-        soft, hard = zip(*(self._clip_embeddings(m, tuple(p.directions), k) for m, k in zip(parts, keys)))
-        masks = np.concatenate(parts)
+        soft, hard = zip(*(self._clip_embeddings(m, directions, key) for m, _, key in groups))
+        masks = np.concatenate([m for m, _, _ in groups])
         s_g = generative_scores(c, masks)
         s_d = discriminative_scores(np.concatenate(soft), np.concatenate(hard), r, float(o["beta"]))
         total = (float(o["alpha"]) * s_g + (1.0 - float(o["alpha"])) * s_d).astype(np.float32)
