@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.export.quantize import INT8_POLICY, calibration_set, component_feeds, quantize_int8
+from edgeseg.export.build.quantize import INT8_POLICY, calibration_set, component_feeds, quantize_int8
 from edgeseg.runtime import Bundle
 from edgeseg.runtime.fileio import atomic_write_bytes
 from edgeseg.runtime.images import preprocess

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from edgeseg.export.bundle import export_bundle
-from edgeseg.export.evaluate import eval_method
+from edgeseg.export.evaluation.segmentation import eval_method
 from edgeseg.runtime.fileio import atomic_write_bytes
 
 OUT = Path(__file__).resolve().parent / "results"

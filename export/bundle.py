@@ -21,14 +21,14 @@ from edgeseg import __version__
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 from edgeseg.train.checkpoint import resolve_checkpoint
 
-from . import clip_image, clip_text, lseg_encoder, lseg_head
-from . import ifseg_encoder, ifseg_head
-from . import tcl_encoder, tcl_head
-from . import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
-from .refdiff_bundle import refdiff_components
-from .tcl_bundle import tcl_components
-from .spec import ComponentSpec
-from .tokenizer import build_clip_tokenizer_json
+from edgeseg.export import clip_image, clip_text, lseg_encoder, lseg_head
+from edgeseg.export import ifseg_encoder, ifseg_head
+from edgeseg.export import tcl_encoder, tcl_head
+from edgeseg.export import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
+from edgeseg.export.refdiff_bundle import refdiff_components
+from edgeseg.export.tcl_bundle import tcl_components
+from edgeseg.export.spec import ComponentSpec
+from edgeseg.export.tokenizer import build_clip_tokenizer_json
 
 MANIFEST = "manifest.json"
 FORMAT, FORMAT_VERSION = "edgeseg-bundle", 1

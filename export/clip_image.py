@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeseg.train.clip import encode_image_features
 
-from .spec import ComponentSpec, TensorSpec, image_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "clip_image"
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, dynamic_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, dynamic_input
 
 NAME = "clip_masked"
 MASK_VALUE = -1.0e4  # additive attention logit for "not attended" (finite: no inf/NaN in any precision)
@@ -204,7 +204,7 @@ def refdiff_clip_components(checkpoint: str | Path, max_proposals: int = 32
     """
     from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, load_clip, registered_clip
 
-    from . import clip_text
+    from edgeseg.export import clip_text
 
     registered = registered_clip(checkpoint)
     if registered:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, dynamic_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, dynamic_input
 
 NAME = "clip_text"
 

@@ -18,7 +18,7 @@ def ensure_bundle(checkpoint: str | Path, out: Path, method: str = "lseg") -> tu
     """(bundle path, exported now?) -- export only when missing, unloadable or from another checkpoint."""
     from edgeseg.runtime.bundle import Bundle
 
-    from .bundle import export_bundle
+    from edgeseg.export.bundle import export_bundle
 
     want = sha256_file(resolve_checkpoint(checkpoint) / "model.safetensors")
     try:
@@ -36,7 +36,8 @@ def run_demo(out: str | Path = "out/demo", bundle: str | Path = "engines/lseg_to
     from edgeseg.runtime.visualize import overlay, save_png
     from edgeseg.train.data.toyworld import ToyWorld
 
-    from .evaluate import EVAL_SPLITS, eval_lseg
+    from edgeseg.export.evaluation.segmentation import eval_lseg
+    from edgeseg.train.data.toyworld import EVAL_SPLITS
 
     t0 = time.time()
     out, bundle = Path(out), Path(bundle)

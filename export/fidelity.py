@@ -28,8 +28,8 @@ def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) 
     """The ``precision`` build of an FP32 bundle: ``bundle_dir`` itself if it already is one, the default
     output folder if it was built from this exact FP32 manifest with today's recipes and the default
     calibration, else built now (ORT CPU backend, default calibration)."""
-    from .build import build_bundle, default_out, precision_recipe
-    from .quantize import is_default_calibration
+    from edgeseg.export.build.builder import build_bundle, default_out, precision_recipe
+    from edgeseg.export.build.quantize import is_default_calibration
 
     b = Bundle(bundle_dir)
     have = b.manifest.get("precision", "fp32")
@@ -77,7 +77,7 @@ def task_agreement(bundle_dir: str | Path, n: int = 100, seed: int = 0, progress
     b = Bundle(bundle_dir)
     precision = b.manifest.get("precision", "fp32")
     checkpoint = b.manifest["source"]["checkpoint"]
-    from .evaluate import TORCH_REFERENCES, eval_method
+    from edgeseg.export.evaluation.segmentation import TORCH_REFERENCES, eval_method
 
     if b.method in TORCH_REFERENCES:  # segmentation methods: lseg, tcl, ifseg (post-processing on)
         res = eval_method(b.method, b.path, "generalized", n, seed, cache_dir=None, compare_torch=checkpoint,
@@ -143,7 +143,7 @@ def polygraphy_compare(fp32_dir: str | Path, other_dir: str | Path, iterations: 
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # its per-iteration INFO lines drown the table
 
-    from .quantize import calibration_set, component_feeds
+    from edgeseg.export.build.quantize import calibration_set, component_feeds
 
     ref, other = Bundle(fp32_dir, provider="cpu"), Bundle(other_dir, provider="cpu")
     precision = other.manifest.get("precision", "fp32")

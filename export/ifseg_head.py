@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, dynamic_input, text_embeds_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, dynamic_input, text_embeds_input
 
 NAME = "ifseg_head"
 

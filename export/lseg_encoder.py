@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, image_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, image_input
 
 NAME = "lseg_encoder"
 

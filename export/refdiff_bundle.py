@@ -22,8 +22,8 @@ from torch import nn
 
 from edgeseg.runtime.refdiff import DEFAULTS
 
-from .clip_masked import refdiff_clip_components
-from .spec import ComponentSpec
+from edgeseg.export.clip_masked import refdiff_clip_components
+from edgeseg.export.spec import ComponentSpec
 
 REFDIFF_CONFIGS = {  # name -> the three models; weights and files separate (see the module docstring)
     # ToyWorld referents are objects: SAM's stuff masks (the background, > half the image) are dropped, since
@@ -71,8 +71,8 @@ def resolve_config(config: str | Path) -> dict:
 
 def refdiff_components(config: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
     """(name -> (export wrapper, spec), bundle info) of a Ref-Diff config."""
-    from .refdiff_sam import sam_components
-    from .refdiff_sd import sd_components
+    from edgeseg.export.refdiff_sam import sam_components
+    from edgeseg.export.refdiff_sd import sd_components
 
     cfg = resolve_config(config)
     comps, sd_info = sd_components(cfg["ldm"])

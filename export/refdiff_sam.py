@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from . import sam_decoder, sam_encoder
-from .spec import ComponentSpec
+from edgeseg.export import sam_decoder, sam_encoder
+from edgeseg.export.spec import ComponentSpec
 
 # Official SamAutomaticMaskGenerator settings (points_per_side 32, IoU 0.88, stability 0.95, NMS 0.7) for the
 # published models; Ref-Diff keeps the 10 largest proposals. Batches of 64 prompts: the decoder returns

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from . import sd_text, unet_attn, vae_encoder
-from .spec import ComponentSpec
+from edgeseg.export import sd_text, unet_attn, vae_encoder
+from edgeseg.export.spec import ComponentSpec
 
 
 def sd_components(spec: str | Path = "ldm_toy", image_size: int | tuple[int, int] | None = None,

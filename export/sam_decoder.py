@@ -27,7 +27,7 @@ from torch import nn
 
 from edgeseg.train.sam import embed_points, predict_masks
 
-from .spec import ComponentSpec, TensorSpec
+from edgeseg.export.spec import ComponentSpec, TensorSpec
 
 NAME = "sam_decoder"
 NUM_OUTPUTS = 4  # single-mask output + 3 multimask outputs

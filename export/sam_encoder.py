@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, dynamic_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, dynamic_input
 
 NAME = "sam_encoder"
 

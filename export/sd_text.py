@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import ComponentSpec, TensorSpec, dynamic_input
+from edgeseg.export.spec import ComponentSpec, TensorSpec, dynamic_input
 
 NAME = "sd_text"
 SOT, EOT = 49406, 49407

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
-from . import clip_text, tcl_encoder, tcl_head
-from .spec import ComponentSpec
+from edgeseg.export import clip_text, tcl_encoder, tcl_head
+from edgeseg.export.spec import ComponentSpec
 
 
 def tcl_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:

@@ -12,7 +12,7 @@ import torch
 
 from edgeseg.runtime.bundle import Bundle
 
-from .bundle import build_components, example_inputs
+from edgeseg.export.bundle import build_components, example_inputs
 
 
 @dataclass
@@ -34,7 +34,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path | None = None, atol: float = 1e-3,
                   min_cosine: float | None = None, batches: tuple[int, ...] = (1, 3)) -> list[ParityRow]:
     """Run each component in PyTorch and in the bundle on the same inputs at several batch sizes."""
-    from .fidelity import COSINE_BARS
+    from edgeseg.export.fidelity import COSINE_BARS
 
     bundle = Bundle(bundle_dir)
     precision = bundle.manifest.get("precision", "fp32")

@@ -55,7 +55,7 @@ def text_cache(tmp_path):
 @pytest.fixture(scope="session")
 def built(request):
     """FP16 / INT8 builds of the exported bundles, built once: built[("lseg", "int8")] -> folder."""
-    from edgeseg.export.build import build_bundle
+    from edgeseg.export.build.builder import build_bundle
 
     cache = {}
 

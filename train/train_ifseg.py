@@ -142,7 +142,7 @@ def train_ifseg(out: str | Path, clip: str | Path = "clip_toy", recipe: IFSegRec
         "first_loss": float(np.mean(losses[:20])) if losses else None,
         "final_loss": float(np.mean(losses[-50:])) if losses else None, "train_seconds": round(time.time() - t0, 1)}
     if r.eval_n:
-        from edgeseg.export.evaluate import EVAL_SPLITS
+        from .data.toyworld import EVAL_SPLITS
 
         for name, (split, labels) in EVAL_SPLITS.items():
             for tag, knn in (("", None), ("_knn", KNN_DEFAULTS)):

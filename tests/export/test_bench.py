@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.cli import main
-from edgeseg.export.bench import ROW_KEYS, compare, load_document, ratios_within, write_document
-from edgeseg.export.bench_components import bench_components
-from edgeseg.export.bench_pipelines import bench_pipeline, bench_runtime, bench_text_cache
-from edgeseg.export.flops import count_flops
+from edgeseg.export.bench.results import ROW_KEYS, compare, load_document, ratios_within, write_document
+from edgeseg.export.bench.components import bench_components
+from edgeseg.export.bench.pipelines import bench_pipeline, bench_runtime, bench_text_cache
+from edgeseg.export.bench.flops import count_flops
 
 
 @pytest.fixture(scope="module")

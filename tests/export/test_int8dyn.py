@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from edgeseg.export.build import build_bundle
+from edgeseg.export.build.builder import build_bundle
 from edgeseg.export.fidelity import COSINE_BARS, task_agreement
 from edgeseg.export.verify import verify_bundle
 

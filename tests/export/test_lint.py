@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from edgeseg.export.lint import TARGETS, LintIssue, format_issues, lint_bundle, lint_file, lint_model
+from edgeseg.export.build.lint import TARGETS, LintIssue, format_issues, lint_bundle, lint_file, lint_model
 
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeseg.export.build import build_bundle, default_out
+from edgeseg.export.build.builder import build_bundle, default_out
 from edgeseg.export.bundle import COMPONENTS
 from conftest import PARITY_BUNDLE, PRECISION_METHODS
 from edgeseg.export.fidelity import AGREEMENT_BARS, COSINE_BARS, ensure_built, polygraphy_compare, task_agreement
-from edgeseg.export.lint import TARGETS, lint_bundle
-from edgeseg.export.precision import FP16_POLICY
+from edgeseg.export.build.lint import TARGETS, lint_bundle
+from edgeseg.export.build.precision import FP16_POLICY
 from edgeseg.export.verify import verify_bundle
 from edgeseg.runtime import Bundle, BundleError, LSegPredictor
 from edgeseg.train.data.toyworld import ToyWorld
@@ -170,7 +170,7 @@ def test_build_of_a_corrupt_source_fails_and_writes_nothing(lseg_bundle, tmp_pat
 
 
 def test_failed_build_leaves_no_half_written_bundle(lseg_bundle, tmp_path, monkeypatch):
-    import edgeseg.export.build as build
+    import edgeseg.export.build.builder as build
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -193,7 +193,7 @@ class NoTorch(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('torch', 'torchvision', 'open_clip'):
             raise ImportError('torch is not installed on this device: ' + name)
 sys.meta_path.insert(0, NoTorch())
-from edgeseg.export.build import build_bundle
+from edgeseg.export.build.builder import build_bundle
 from edgeseg.runtime import Bundle
 for p in ('fp16', 'int8'):
     out = build_bundle({str(lseg_bundle)!r}, p, out={str(tmp_path)!r} + '/' + p, calib_n=4, progress=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeseg.export.evaluate import eval_lseg
+from edgeseg.export.evaluation.segmentation import eval_lseg
 
 N = 200
 

@@ -5,7 +5,7 @@ bar: mIoU >= 0.4 with the kNN post-processing on the headline split (generalized
 import pytest
 import torch
 
-from edgeseg.export.evaluate import eval_method
+from edgeseg.export.evaluation.segmentation import eval_method
 
 
 @pytest.fixture(scope="module", autouse=True)

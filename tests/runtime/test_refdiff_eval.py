@@ -3,7 +3,7 @@ ahead of the proposal baselines (the issue's bars, full oIoU >= 0.6, are reporte
 
 import json
 
-from edgeseg.export.refdiff_eval import MODES, eval_refdiff
+from edgeseg.export.evaluation.refdiff import MODES, eval_refdiff
 
 
 def test_eval_reports_every_branch_and_beats_baselines(refdiff_bundle, tmp_path):

@@ -19,7 +19,7 @@ def samples():
 
 
 def test_runtime_equals_pytorch_reference(pred, samples):
-    from edgeseg.train.refdiff_reference import TorchRefDiff
+    from edgeseg.export.refdiff_reference import TorchRefDiff
 
     ref = TorchRefDiff("toy")
     for s in samples[:3]:
@@ -93,7 +93,7 @@ def test_parser_free_fallback_is_reported(refdiff_bundle, samples):
 
 @pytest.mark.parametrize("where", ["soft", "both"])
 def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, samples, where):
-    from edgeseg.train.refdiff_reference import TorchRefDiff
+    from edgeseg.export.refdiff_reference import TorchRefDiff
 
     s = samples[2]  # a left/right expression: P is not all ones
     p = RefDiffPredictor(refdiff_bundle, cache_dir=None, position_bias=where)

@@ -3,7 +3,7 @@ the TCL issue: mIoU >= 0.5. Splits and label sets as export/evaluate.py; PAMR on
 
 import pytest
 
-from edgeseg.export.evaluate import eval_method
+from edgeseg.export.evaluation.segmentation import eval_method
 
 HEADLINE = "unseen"  # the cleanest captions-only figure; generalized (0.488 at n=200) misses 0.5, see README
 N = 60  # the reported figures use n=200 (benchmarks/results/eval-tcl-*.json); 60 keeps this test fast

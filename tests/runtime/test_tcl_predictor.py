@@ -100,7 +100,7 @@ def test_other_image_sizes_come_back_at_their_size(predictor, scene):
 
 
 def test_runtime_agrees_with_pytorch(tcl_bundle, tmp_path):
-    from edgeseg.export.evaluate import eval_method
+    from edgeseg.export.evaluation.segmentation import eval_method
 
     r = eval_method("tcl", tcl_bundle, "generalized", n=8, seed=1, cache_dir=tmp_path, compare_torch="tcl_toy",
                     progress=False)

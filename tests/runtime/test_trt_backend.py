@@ -80,7 +80,7 @@ def test_missing_or_tampered_engine_file_is_refused(lseg_bundle, tmp_path):
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message shown where TensorRT is absent")
 def test_tensorrt_build_without_tensorrt_says_what_to_install(lseg_bundle, tmp_path):
-    from edgeseg.export.build import build_bundle
+    from edgeseg.export.build.builder import build_bundle
 
     with pytest.raises(ImportError, match="TensorRT is not installed .* pip install tensorrt cuda-python"):
         build_bundle(lseg_bundle, "fp16", "tensorrt", out=tmp_path / "trt", progress=False)
@@ -93,7 +93,7 @@ def test_tensorrt_build_without_tensorrt_says_what_to_install(lseg_bundle, tmp_p
 def test_tensorrt_engines_match_onnxruntime(lseg_bundle, tmp_path, precision):
     """On a TensorRT machine: build engines (strongly typed, profile from the manifest), run them natively and
     compare with ONNX Runtime CPU on the same graph; a second build must hit the engine cache."""
-    from edgeseg.export.build import build_bundle
+    from edgeseg.export.build.builder import build_bundle
     from edgeseg.export.verify import compare
 
     cache = {"cache_dir": tmp_path / "engine-cache"}

@@ -265,6 +265,15 @@ class ToyWorld:
         return list(SPLITS[self.split]["shapes"]) + list(STUFF)
 
 
+# Evaluation label sets: name -> (ToyWorld split, label set). Read by training (IFSeg's held-out check) and
+# by edgeseg eval; see edgeseg.export.evaluation.segmentation for what each measures.
+EVAL_SPLITS = {  # name -> (ToyWorld split, label set)
+    "seen": ("seen", list(SEEN_SHAPES) + list(STUFF)),
+    "unseen": ("unseen", list(UNSEEN_SHAPES) + list(STUFF)),
+    "generalized": ("all", list(SHAPES) + list(STUFF)),
+}
+
+
 def label_lut(labels: list[str] | tuple[str, ...]) -> np.ndarray:
     """256-entry lookup: semantic value (index in CLASSES) -> index in ``labels``, IGNORE for other classes.
     ``label_lut(labels)[scene.semantic]`` gives the ground truth for a label set."""

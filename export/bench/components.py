@@ -5,8 +5,8 @@ FP16 / INT8 / TensorRT variants are built only for the backends asked for. Input
 scenes through the bundle's preprocessing for ``image``, tokenized ToyWorld captions for ``input_ids``.
 All available backends are timed in interleaved rounds (warm-up first) on the same inputs, so machine noise
 hits them alike; a backend that cannot run here is a row with ``skipped`` and the reason. Peak host RSS is
-measured per backend in a fresh subprocess (:mod:`edgeseg.export.bench_memory`); FLOPs are counted from the
-FP32 graph (:mod:`edgeseg.export.flops`); fidelity is the cosine of each backend's output to PyTorch FP32.
+measured per backend in a fresh subprocess (:mod:`edgeseg.export.bench.memory`); FLOPs are counted from the
+FP32 graph (:mod:`edgeseg.export.bench.flops`); fidelity is the cosine of each backend's output to PyTorch FP32.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bench import device_peak_gflops, latency_stats, make_row, new_document
+from edgeseg.export.bench.results import device_peak_gflops, latency_stats, make_row, new_document
 
 # component -> the method whose bundle holds it; a case is "<component>/<checkpoint>", the checkpoint anything
 # `edgeseg export <method>` takes (lseg_toy, clip_toy, ViT-B-16 for random weights, ViT-B-16:/path/to/weights.pt)
@@ -120,7 +120,7 @@ def case_inputs(case: str, spec, manifest: dict, bundle_dir: Path, batch: int, s
     from edgeseg.runtime.tokenizer import ClipTokenizer
     from edgeseg.train.data.toyworld import ToyWorld
 
-    from .bundle import example_inputs
+    from edgeseg.export.bundle import example_inputs
 
     world = ToyWorld("all", seed)
     names = [t.name for t in spec.inputs]
@@ -144,7 +144,7 @@ class CaseRunner:
     """Builds bundle variants lazily and returns one callable per backend (feeds -> first output, numpy)."""
 
     def __init__(self, case: str, workdir: Path, threads: int, progress: bool = True):
-        from .bundle import build_components, export_bundle
+        from edgeseg.export.bundle import build_components, export_bundle
 
         self.case, self.threads, self.progress = case, threads, progress
         self.method, self.ckpt, self.component = parse_case(case)
@@ -217,8 +217,8 @@ def torch_forward(wrapper, spec, b: Backend, threads: int, copy_model: bool = Fa
 def variant_dir(fp32: Path, precision: str, engine: str, progress: bool = True) -> Path:
     """The build of FP32 bundle ``fp32`` that a backend runs: ONNX Runtime graphs through
     :func:`.fidelity.ensure_built` (reused while current), TensorRT engines built once into BUNDLE_<precision>_trt."""
-    from .build import build_bundle, default_out
-    from .fidelity import ensure_built
+    from edgeseg.export.build.builder import build_bundle, default_out
+    from edgeseg.export.fidelity import ensure_built
 
     if engine != "trt":
         return ensure_built(fp32, precision, progress=progress)
@@ -233,8 +233,8 @@ def bench_components(cases: list[str], backends: list[str] | None = None, batche
     """Benchmark every case x backend x batch; returns the result document (see :mod:`.bench`)."""
     from tqdm import tqdm
 
-    from .bench_memory import measure_memory
-    from .flops import count_flops
+    from edgeseg.export.bench.memory import measure_memory
+    from edgeseg.export.bench.flops import count_flops
 
     backends = backends or default_backends()
     bad = [b for b in backends if b not in BACKENDS]

@@ -171,7 +171,7 @@ def new_document(benchmark: str, settings: dict) -> dict:
 
 def write_document(doc: dict, out: str | Path, plot: bool = True) -> list[Path]:
     """Write ``out`` (JSON), ``out`` .md (table) and, with matplotlib, ``out`` .png (plot); atomically each."""
-    from .bench_report import markdown, plot_png
+    from edgeseg.export.bench.report import markdown, plot_png
 
     out = Path(out)
     atomic_write_bytes(out, (json.dumps(doc, indent=2, default=float) + "\n").encode())

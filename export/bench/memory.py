@@ -5,7 +5,7 @@ imports the backend needs (numpy + onnxruntime, or torch + open_clip), ``peak_rs
 loading the model and running it; ``rss_delta_mb`` is what loading and running added. On CUDA,
 ``device_mb`` is PyTorch's peak allocation (torch backends) or the drop in free device memory (others).
 
-    python -m edgeseg.export.bench_memory '{"engine": "ort", ...}'   # prints one JSON line
+    python -m edgeseg.export.bench.memory '{"engine": "ort", ...}'   # prints one JSON line
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def measure_memory(runner, backend, feeds: dict[str, np.ndarray], threads: int, 
                "component": runner.component, "method": runner.method, "checkpoint": runner.ckpt,
                "bundle": None if backend.engine == "torch" else str(runner.bundle_dir(backend)),
                "feeds": str(feed_file)}
-        r = subprocess.run([sys.executable, "-m", "edgeseg.export.bench_memory", json.dumps(job)],
+        r = subprocess.run([sys.executable, "-m", "edgeseg.export.bench.memory", json.dumps(job)],
                            capture_output=True, text=True, timeout=1800)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -57,8 +57,8 @@ def _worker(job: dict) -> dict:
     if job["engine"] == "torch":
         import torch
 
-        from .bench_components import BACKENDS, torch_forward
-        from .bundle import build_components
+        from edgeseg.export.bench.components import BACKENDS, torch_forward
+        from edgeseg.export.bundle import build_components
 
         backend = BACKENDS[job["backend"]]
         base = _rss_mb()

@@ -19,16 +19,9 @@ from tqdm import tqdm
 
 from edgeseg.runtime.predictors import load_predictor
 from edgeseg.runtime.metrics import ConfusionMatrix
-from edgeseg.train.data.toyworld import (SEEN_SHAPES, SHAPES, STUFF, UNSEEN_SHAPES, ToyWorld, ToyWorldConfig,
-                                         label_lut)
+from edgeseg.train.data.toyworld import EVAL_SPLITS, ToyWorld, ToyWorldConfig, label_lut
 
-from .tcl_eval import tcl_torch_predictor
-
-EVAL_SPLITS = {  # name -> (ToyWorld split, label set)
-    "seen": ("seen", list(SEEN_SHAPES) + list(STUFF)),
-    "unseen": ("unseen", list(UNSEEN_SHAPES) + list(STUFF)),
-    "generalized": ("all", list(SHAPES) + list(STUFF)),
-}
+from edgeseg.export.evaluation.torch_references import TORCH_REFERENCES
 
 
 @dataclass
@@ -93,33 +86,3 @@ def eval_lseg(bundle: str | Path, split: str = "seen", n: int = 200, seed: int =
               compare_torch: str | Path | None = None, progress: bool = True) -> EvalResult:
     """:func:`eval_method` for an LSeg bundle."""
     return eval_method("lseg", bundle, split, n, seed, cache_dir, compare_torch, progress)
-
-
-def _lseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
-    """PyTorch reference: the same preprocessing, argmax of the model's logits at the input size."""
-    import torch
-
-    from edgeseg.train.train_clip import images_to_tensor
-    from edgeseg.train.train_lseg import load_lseg, text_embeddings
-
-    model, clip, cfg = load_lseg(checkpoint)
-    prep = cfg["preprocessing"]
-    text = text_embeddings(clip, labels, cfg["tokenizer"]["context_length"], cfg["text_encoder"]["template"])
-
-    @torch.no_grad()
-    def run(image: np.ndarray) -> np.ndarray:
-        logits = model(images_to_tensor(image[None], prep["mean"], prep["std"]), text)
-        return logits.argmax(1)[0].numpy().astype(np.int32)
-
-    return run
-
-
-def _ifseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
-    """PyTorch reference of IFSeg, kNN refinement on (the runtime default): compare with post-processing on."""
-    from edgeseg.train.train_ifseg import torch_reference
-
-    return torch_reference(checkpoint, labels)
-
-
-# method -> (checkpoint, labels) -> (uint8 HxWx3 image -> HxW int32 label map) in PyTorch, for --compare-torch
-TORCH_REFERENCES = {"lseg": _lseg_torch_predictor, "ifseg": _ifseg_torch_predictor, "tcl": tcl_torch_predictor}

@@ -1,5 +1,5 @@
-"""PyTorch reference of the TCL runtime pipeline for ``edgeseg eval tcl --compare-torch CHECKPOINT``
-(registered in :data:`edgeseg.export.evaluate.TORCH_REFERENCES`). Imports torch only when called."""
+"""PyTorch references of the segmentation pipelines for ``edgeseg eval METHOD --compare-torch CHECKPOINT``
+(:data:`TORCH_REFERENCES`). Import torch only when called."""
 
 from __future__ import annotations
 
@@ -35,3 +35,33 @@ def tcl_torch_predictor(checkpoint: str | Path, labels: list[str]) -> Callable[[
         return masks.argmax(1)[0].numpy().astype(np.int32)
 
     return run
+
+
+def lseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
+    """PyTorch reference: the same preprocessing, argmax of the model's logits at the input size."""
+    import torch
+
+    from edgeseg.train.train_clip import images_to_tensor
+    from edgeseg.train.train_lseg import load_lseg, text_embeddings
+
+    model, clip, cfg = load_lseg(checkpoint)
+    prep = cfg["preprocessing"]
+    text = text_embeddings(clip, labels, cfg["tokenizer"]["context_length"], cfg["text_encoder"]["template"])
+
+    @torch.no_grad()
+    def run(image: np.ndarray) -> np.ndarray:
+        logits = model(images_to_tensor(image[None], prep["mean"], prep["std"]), text)
+        return logits.argmax(1)[0].numpy().astype(np.int32)
+
+    return run
+
+
+def ifseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
+    """PyTorch reference of IFSeg, kNN refinement on (the runtime default): compare with post-processing on."""
+    from edgeseg.train.train_ifseg import torch_reference
+
+    return torch_reference(checkpoint, labels)
+
+
+# method -> (checkpoint, labels) -> (uint8 HxWx3 image -> HxW int32 label map) in PyTorch, for --compare-torch
+TORCH_REFERENCES = {"lseg": lseg_torch_predictor, "ifseg": ifseg_torch_predictor, "tcl": tcl_torch_predictor}

@@ -23,9 +23,9 @@ from pathlib import Path
 from edgeseg.runtime.bundle import BACKENDS, MANIFEST, Bundle
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 
-from .lint import TARGETS, lint_file
-from .precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
-from .quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
+from edgeseg.export.build.lint import TARGETS, lint_file
+from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
+from edgeseg.export.build.quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
                        quantize_int8, quantize_int8_dynamic)
 
 TRT_BACKENDS = ("ort-trt", "tensorrt")  # lint errors stop these builds
@@ -79,7 +79,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
     if out.resolve() == source.path.resolve():
         raise ValueError(f"--out {out} is the source bundle; choose another folder")
     if backend == "tensorrt":
-        from .trt_build import require_tensorrt
+        from edgeseg.export.build.trt_engines import require_tensorrt
 
         require_tensorrt()  # fail before any work when TensorRT is absent
     calib = calibration_set(calib_n, calib_images, calib_texts,
@@ -106,7 +106,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
             entry.update(sha256=sha256_file(dst_file), precision=precision, recipe=recipe, converted=done,
                          recipe_hash=recipe_hash(recipe))
             if backend == "tensorrt":
-                from .trt_build import build_engine
+                from edgeseg.export.build.trt_engines import build_engine
 
                 entry["engine"] = build_engine(dst_file, entry, tmp, **(trt_options or {}))
             comps[name] = entry

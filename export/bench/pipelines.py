@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .bench import latency_stats, make_row, new_document
-from .bench_components import BACKENDS, default_backends, unavailable_reason, variant_dir
+from edgeseg.export.bench.results import latency_stats, make_row, new_document
+from edgeseg.export.bench.components import BACKENDS, default_backends, unavailable_reason, variant_dir
 
 
 def _scenes(size: int, n: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -260,7 +260,7 @@ def runtime_install_size(extra: str = "runtime") -> dict:
         size = sum((f.size or 0) for f in (dist.files or []))
         seen[key] = size / 2**20
         todo += deps(name)
-    runtime_dir = Path(__file__).resolve().parents[1] / "runtime"
+    runtime_dir = Path(__file__).resolve().parents[2] / "runtime"
     own = sum(p.stat().st_size for p in runtime_dir.rglob("*.py")) / 2**20
     return {"distributions_mb": dict(sorted(seen.items())), "edgeseg_runtime_mb": own,
             "total_mb": own + sum(seen.values())}

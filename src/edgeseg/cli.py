@@ -130,7 +130,7 @@ def _verify(a: argparse.Namespace) -> None:
 
 
 def _build(a: argparse.Namespace) -> None:
-    from edgeseg.export.build import build_bundle
+    from edgeseg.export.build.builder import build_bundle
 
     out = build_bundle(a.bundle, a.precision, a.backend, a.out, calib_n=a.calib_n, calib_images=a.calib_images,
                        calib_texts=a.calib_texts, trt_options={"opt_level": a.opt_level} if a.backend == "tensorrt"
@@ -139,7 +139,7 @@ def _build(a: argparse.Namespace) -> None:
 
 
 def _lint(a: argparse.Namespace) -> None:
-    from edgeseg.export.lint import format_issues, lint_bundle, lint_file
+    from edgeseg.export.build.lint import format_issues, lint_bundle, lint_file
 
     path, errors = Path(a.path), 0
     targets = a.target or ["trt10.3", "trt11"]
@@ -194,7 +194,7 @@ def _refer(a: argparse.Namespace) -> None:
 
 def _eval(a: argparse.Namespace) -> None:
     if a.method == "refdiff":
-        from edgeseg.export.refdiff_eval import eval_refdiff
+        from edgeseg.export.evaluation.refdiff import eval_refdiff
 
         res = eval_refdiff(a.bundle or "engines/refdiff_toy", a.n, a.seed,
                            **({"position_bias": a.position_bias} if a.position_bias else {}))
@@ -204,7 +204,7 @@ def _eval(a: argparse.Namespace) -> None:
 
             atomic_write_bytes(a.json, (json.dumps(res.to_dict(), indent=2, default=str) + "\n").encode())
         return
-    from edgeseg.export.evaluate import eval_method
+    from edgeseg.export.evaluation.segmentation import eval_method
 
     res = eval_method(a.method, a.bundle or f"engines/{a.method}_toy", a.split, a.n, a.seed,
                       compare_torch=a.compare_torch, postprocess=not a.no_post)
@@ -224,8 +224,8 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def _bench(a: argparse.Namespace) -> None:
-    from edgeseg.export.bench import compare, load_document, write_document
-    from edgeseg.export.bench_report import compare_markdown, markdown
+    from edgeseg.export.bench.results import compare, load_document, write_document
+    from edgeseg.export.bench.report import compare_markdown, markdown
 
     if a.what == "compare":
         if len(a.targets) != 2:
@@ -238,22 +238,22 @@ def _bench(a: argparse.Namespace) -> None:
             print("\n".join(str(p) for p in write_document(load_document(t), t)))
         return
     if a.what == "components":
-        from edgeseg.export.bench_components import CASES, bench_components
+        from edgeseg.export.bench.components import CASES, bench_components
 
         doc = bench_components(a.targets or list(CASES)[:3], a.backends, tuple(a.batch), a.iters, a.warmup,
                                a.threads, memory=not a.no_memory, workdir=a.workdir)
     elif a.what == "pipeline":
-        from edgeseg.export.bench_pipelines import bench_pipeline
+        from edgeseg.export.bench.pipelines import bench_pipeline
 
         doc = bench_pipeline(a.targets[0] if a.targets else "engines/lseg_toy", a.backends,
                              a.labels.split(",") if a.labels else None, a.iters, a.warmup, a.threads)
     elif a.what == "text-cache":
-        from edgeseg.export.bench_pipelines import bench_text_cache
+        from edgeseg.export.bench.pipelines import bench_text_cache
 
         doc = bench_text_cache(a.targets[0] if a.targets else "engines/lseg_toy",
                                a.labels.split(",") if a.labels else None, a.iters, a.threads)
     else:
-        from edgeseg.export.bench_pipelines import bench_runtime
+        from edgeseg.export.bench.pipelines import bench_runtime
 
         doc = bench_runtime(a.iters)
     out = a.out or f"benchmarks/results/{a.what}.json"
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "compare A.json B.json: speed-up ratios; report R.json: redraw table and plot")
     s.add_argument("what", choices=["components", "pipeline", "text-cache", "runtime", "compare", "report"])
     s.add_argument("targets", nargs="*", help="components: cases (default: the tiny ones; see "
-                                              "edgeseg.export.bench_components.CASES); pipeline / text-cache: an FP32 "
+                                              "edgeseg.export.bench.components.CASES); pipeline / text-cache: an FP32 "
                                               "bundle (default engines/lseg_toy); compare: A.json B.json")
     s.add_argument("--backends", nargs="+", help="default: torch-cpu-fp32 ort-cpu-fp32 ort-cpu-int8 (CPU) or the "
                                                   "CUDA/TensorRT set (GPU); see bench_components.BACKENDS")

@@ -1,4 +1,4 @@
-"""Markdown tables and PNG plots of benchmark documents (see :mod:`edgeseg.export.bench` for the format)."""
+"""Markdown tables and PNG plots of benchmark documents (see :mod:`edgeseg.export.bench.results` for the format)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _fidelity(f: dict) -> str:
 def markdown(doc: dict) -> str:
     """One table row per result row: latency percentiles, throughput, memory, GFLOPs, peak fraction,
     fidelity; then the stage breakdown where rows have stages; then the within-run ratios."""
-    from .bench import ratios_within
+    from edgeseg.export.bench.results import ratios_within
 
     m = doc.get("machine", {})
     gpu = (m.get("gpu") or {}).get("name", "none")
