@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .fileio import cache_root, sha256_file
+from .manifest import ComponentSpec, Manifest, ManifestError
 
 MANIFEST = "manifest.json"
 FORMAT, FORMAT_VERSION = "edgeseg-bundle", 1
@@ -65,6 +66,10 @@ class Bundle:
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{mpath} has format {self.manifest.get('format')!r} v{self.manifest.get('format_version')}"
                               f", this runtime reads {FORMAT!r} v{FORMAT_VERSION}; {rebuild}")
+        try:
+            self.view = Manifest.from_dict(self.manifest)
+        except ManifestError as e:
+            raise BundleError(f"{mpath}: {e}; {rebuild}") from None
         backend = self.manifest.get("backend", "ort-cpu")
         if backend not in BACKENDS:
             raise BundleError(f"{mpath} names backend {backend!r}; this runtime knows {sorted(BACKENDS)}; {rebuild}")
@@ -111,6 +116,11 @@ class Bundle:
             raise BundleError(f"bundle {self.path} ({self.method}) has no component {name!r}; it has "
                               f"{sorted(self.components)}")
         return self.components[name]
+
+    def spec(self, name: str) -> ComponentSpec:
+        """The typed I/O spec of a component, read by name: ``bundle.spec("unet_attn").input("sample").max[0]``."""
+        self.component(name)
+        return self.view.components[name].spec
 
     def session(self, name: str) -> Any:
         """The ONNX Runtime session of a component, created on first use and checked against the manifest."""
@@ -162,17 +172,17 @@ class Bundle:
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a component. feeds: input name -> array; returns output name -> array."""
-        comp = self.component(name)
-        for t in comp["inputs"]:
-            if t["name"] not in feeds:
-                raise ValueError(f"component {name!r} needs input {t['name']!r}; got {sorted(feeds)}")
-            arr = feeds[t["name"]]
-            if str(arr.dtype) != t["dtype"] or arr.ndim != len(t["shape"]):
-                raise ValueError(f"component {name!r} input {t['name']!r}: got {arr.dtype} {arr.shape}, expected "
-                                 f"{t['dtype']} with shape {t['shape']}")
+        spec = self.spec(name)
+        for t in spec.inputs:
+            if t.name not in feeds:
+                raise ValueError(f"component {name!r} needs input {t.name!r}; got {sorted(feeds)}")
+            arr = feeds[t.name]
+            if str(arr.dtype) != t.dtype or arr.ndim != len(t.shape):
+                raise ValueError(f"component {name!r} input {t.name!r}: got {arr.dtype} {arr.shape}, expected "
+                                 f"{t.dtype} with shape {list(t.shape)}")
         sess = self.session(name)
-        outs = sess.run(None, {t["name"]: feeds[t["name"]] for t in comp["inputs"]})
-        return {t["name"]: o for t, o in zip(comp["outputs"], outs)}
+        outs = sess.run(None, {t.name: feeds[t.name] for t in spec.inputs})
+        return {t.name: o for t, o in zip(spec.outputs, outs)}
 
     @property
     def providers_used(self) -> dict[str, str]:

@@ -26,7 +26,7 @@ class TextEncoder:
     def __init__(self, bundle: Bundle, cache_dir: str | Path | None = "default", batch: int = 64):
         self.bundle = bundle
         self.tokenizer = ClipTokenizer.from_manifest(bundle.manifest["tokenizer"], bundle.path)
-        self.max_batch = min(batch, bundle.component("clip_text")["inputs"][0]["max"][0])
+        self.max_batch = min(batch, bundle.spec("clip_text").input("input_ids").max[0])
         cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
         self.cache = TextEmbeddingCache(self._encode, bundle.component_hash("clip_text"), cache_dir)
 
