@@ -30,6 +30,12 @@ runtime-only: $(VENV)/.installed
 	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RT_VENV)/bin/python -m pip install -q ".[runtime]"
 	$(RT_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torch must not be installed' if u.find_spec('torch') else 0)"
+	# The plain (non-editable) install, used from the repository root: import, python -m, the script, pytest.
+	$(RT_VENV)/bin/python -m pip install -q "pytest>=8"
+	$(RT_VENV)/bin/python -c "import edgeseg.runtime, edgeseg.cli, sys; p = edgeseg.runtime.__file__; sys.exit(0 if 'site-packages' in p else 'edgeseg.runtime came from ' + p)"
+	$(RT_VENV)/bin/python -m edgeseg.cli segment --help > /dev/null
+	$(RT_VENV)/bin/edgeseg refer --help > /dev/null
+	$(RT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layout.py tests/runtime/test_metrics.py
 	$(VENV)/bin/edgeseg toyworld --split seen --seed 3 --n 1 --out out/runtime-only
 	$(VENV)/bin/edgeseg build engines/lseg_toy --precision int8
 	cd out && for b in lseg_toy lseg_toy_int8 tcl_toy ifseg_toy; do ../$(RT_VENV)/bin/edgeseg segment runtime-only/scene_000.png --labels "circle,square,triangle,star,cross,ring,grass,sand,water,sky,road,snow" --bundle ../engines/$$b --out runtime-only/overlay_$$b.png --cache-dir runtime-only/cache || exit 1; done

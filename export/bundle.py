@@ -12,12 +12,12 @@ import json
 import platform
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from edgeseg import __version__
+from edgeseg.methods import get_method
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 from edgeseg.train.checkpoint import resolve_checkpoint
 
@@ -25,8 +25,6 @@ from edgeseg.export import clip_image, clip_text, lseg_encoder, lseg_head
 from edgeseg.export import ifseg_encoder, ifseg_head
 from edgeseg.export import tcl_encoder, tcl_head
 from edgeseg.export import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
-from edgeseg.export.refdiff_bundle import refdiff_components
-from edgeseg.export.tcl_bundle import tcl_components
 from edgeseg.export.spec import ComponentSpec
 from edgeseg.export.tokenizer import build_clip_tokenizer_json
 
@@ -50,88 +48,9 @@ COMPONENTS = {  # every exportable component: name -> module holding its wrapper
 }
 
 
-def _lseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
-    from edgeseg.train.train_lseg import load_lseg
-
-    lseg, clip, cfg = load_lseg(checkpoint)
-    size = tuple(cfg["preprocessing"]["image_size"])
-    ctx, dim = cfg["tokenizer"]["context_length"], lseg.embed_dim
-    comps = {
-        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
-        lseg_encoder.NAME: (lseg_encoder.LSegEncoderWrapper(lseg), lseg_encoder.spec(size, dim)),
-        lseg_head.NAME: (lseg_head.LSegHeadWrapper(lseg), lseg_head.spec(size, dim)),
-    }
-    info = {"preprocessing": cfg["preprocessing"], "context_length": ctx,
-            "method_config": {"temperature": lseg.config.temperature, "template": cfg["text_encoder"]["template"],
-                              "labels_trained": cfg.get("labels_trained", []), "architecture": cfg["architecture"]},
-            "metrics": cfg.get("metrics", {})}
-    return comps, info
-
-
-def _clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
-    """A CLIP checkpoint folder, or ``ViT-B-16[:/path/to/open_clip.pt]`` (random init without a path)."""
-    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, load_clip, registered_clip
-
-    registered = registered_clip(checkpoint)
-    if registered:
-        clip, arch = create_clip(*registered), registered[0]
-    else:
-        clip, cfg = load_clip(checkpoint)
-        arch = cfg["architecture"]["name"]
-    ccfg = clip_config(arch)
-    prep = clip_preprocessing(arch, clip)
-    ctx, dim = ccfg["text_cfg"]["context_length"], ccfg["embed_dim"]
-    comps = {
-        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
-        clip_image.NAME: (clip_image.ClipImageWrapper(clip.visual),
-                          clip_image.spec(tuple(prep["image_size"]), tuple(clip.visual.grid_size), dim)),
-    }
-    return comps, {"preprocessing": prep, "context_length": ctx, "method_config": {"architecture": arch,
-                                                                                 "template": "{}"}}
-
-
-def _ifseg_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
-    """An IFSeg checkpoint folder (decoder + the frozen CLIP it names), or ``ViT-B-16[:/path/to/open_clip.pt]``:
-    that CLIP (random init without a path) with a randomly initialized full-size decoder, for export checks."""
-    from edgeseg.train.clip import clip_config, clip_preprocessing, create_clip, registered_clip, seeded
-    from edgeseg.train.ifseg import IFSEG_CONFIGS, IFSegDecoder
-    from edgeseg.train.train_ifseg import KNN_DEFAULTS, TEMPLATE, load_ifseg
-
-    registered = registered_clip(checkpoint)
-    if registered:
-        name = registered[0]
-        clip = create_clip(*registered)
-        with seeded(0):  # verify rebuilds the same random decoder
-            decoder = IFSegDecoder(IFSEG_CONFIGS["vit-b16" if name.startswith("ViT-B-16") else name]).eval()
-        ctx = clip_config(name)["text_cfg"]["context_length"]
-        cfg = {"preprocessing": clip_preprocessing(name, clip), "knn": dict(KNN_DEFAULTS),
-               "clip": {"template": TEMPLATE}, "tokenizer": {"context_length": ctx}}
-    else:
-        decoder, clip, cfg = load_ifseg(checkpoint)
-    size, ctx = tuple(cfg["preprocessing"]["image_size"]), cfg["tokenizer"]["context_length"]
-    dim, grid = decoder.config.embed_dim, tuple(clip.visual.grid_size)
-    comps = {
-        clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),
-        ifseg_encoder.NAME: (ifseg_encoder.IFSegEncoderWrapper(clip.visual), ifseg_encoder.spec(size, grid, dim)),
-        ifseg_head.NAME: (ifseg_head.IFSegHeadWrapper(decoder), ifseg_head.spec(grid, dim)),
-    }
-    info = {"preprocessing": cfg["preprocessing"], "context_length": ctx,
-            "method_config": {"template": cfg["clip"]["template"], "knn": cfg["knn"],
-                              "vocabulary_trained": cfg.get("vocabulary", []),
-                              "architecture": decoder.config.to_dict()},
-            "metrics": cfg.get("metrics", {})}
-    return comps, info
-
-
-METHODS: dict[str, Callable] = {"lseg": _lseg_components, "clip": _clip_components, "ifseg": _ifseg_components,
-                                "tcl": tcl_components, "refdiff": refdiff_components}
-
-
 def build_components(method: str, checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict]:
     """Torch wrappers + specs of every component of ``method``: shared by export and verify."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; exportable: {sorted(METHODS)}")
-    return METHODS[method](checkpoint)
+    return get_method(method).assembler()(checkpoint)
 
 
 def example_inputs(name: str, spec: ComponentSpec, which: str = "opt", batch: int | None = None,

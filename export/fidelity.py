@@ -77,9 +77,11 @@ def task_agreement(bundle_dir: str | Path, n: int = 100, seed: int = 0, progress
     b = Bundle(bundle_dir)
     precision = b.manifest.get("precision", "fp32")
     checkpoint = b.manifest["source"]["checkpoint"]
-    from edgeseg.export.evaluation.segmentation import TORCH_REFERENCES, eval_method
+    from edgeseg.export.evaluation.segmentation import eval_method
+    from edgeseg.methods import METHODS
 
-    if b.method in TORCH_REFERENCES:  # segmentation methods: lseg, tcl, ifseg (post-processing on)
+    spec = METHODS.get(b.method)
+    if spec is not None and spec.torch_reference_path:  # segmentation methods (post-processing on)
         res = eval_method(b.method, b.path, "generalized", n, seed, cache_dir=None, compare_torch=checkpoint,
                           progress=progress)
         return TaskAgreement(b.method, precision, "label-map agreement with FP32 PyTorch, generalized split",

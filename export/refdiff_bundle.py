@@ -10,7 +10,7 @@ models (each a bundled checkpoint, a registered architecture with random weights
      "amg": {"points_per_side": 32}}                   # optional overrides of the SAM mask generator
 
 Components: ``sd_text``, ``vae_encoder``, ``unet_attn`` (:mod:`.refdiff_sd`), ``sam_encoder``, ``sam_decoder``
-(:mod:`.refdiff_sam`), ``clip_text`` and ``clip_masked``. Registered in :data:`edgeseg.export.bundle.METHODS`.
+(:mod:`.refdiff_sam`), ``clip_text`` and ``clip_masked``. Registered in :data:`edgeseg.methods.METHODS`.
 """
 
 from __future__ import annotations

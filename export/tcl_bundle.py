@@ -1,6 +1,6 @@
 """``edgeseg export tcl CHECKPOINT``: the TCL components of a checkpoint (``edgeseg train tcl``), or of a
 registered CLIP config (``ViT-B-16`` with random weights, or ``ViT-B-16:/path/open_clip.pt``; the decoder
-random, seeded so verify rebuilds the same weights). Registered in :data:`edgeseg.export.bundle.METHODS`."""
+random, seeded so verify rebuilds the same weights). Registered in :data:`edgeseg.methods.METHODS`."""
 
 from __future__ import annotations
 

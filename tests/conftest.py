@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-# Which bundle the registry-parametrized parity tests check each component in (method -> fixture
-# "<method>_bundle"). A new component adds one line here and a "<method>_bundle" fixture below.
-PARITY_BUNDLE = {
-    "clip_text": "lseg",
-    "clip_image": "clip",
-    "lseg_encoder": "lseg",
-    "lseg_head": "lseg",
-    "ifseg_encoder": "ifseg",
-    "ifseg_head": "ifseg",
-    "tcl_encoder": "tcl",
-    "tcl_head": "tcl",
-    "sd_text": "refdiff",
-    "vae_encoder": "refdiff",
-    "unet_attn": "refdiff",
-    "sam_encoder": "refdiff",
-    "sam_decoder": "refdiff",
-    "clip_masked": "refdiff",
-}
+from edgeseg.methods import METHODS
 
-# Methods whose FP16 / INT8 builds the precision tests hold to the fidelity bars (issue 5). Ref-Diff's builds
-# are not part of that suite yet: its components run FP32 here.
-PRECISION_METHODS = ("lseg", "clip", "tcl", "ifseg")
+# Which bundle the registry-parametrized parity tests check each component in: the first method of the one
+# registry (edgeseg.methods.METHODS) that lists it. A new method or component needs no line here.
+PARITY_BUNDLE: dict[str, str] = {}
+for _spec in METHODS.values():
+    for _component in _spec.components:
+        PARITY_BUNDLE.setdefault(_component, _spec.name)
+
+# Methods whose FP16 / INT8 builds the precision tests hold to the fidelity bars (registry: precision_suite).
+PRECISION_METHODS = tuple(m.name for m in METHODS.values() if m.precision_suite)
 
 
 def _bundle_fixture(method: str, checkpoint: str):
@@ -40,11 +29,9 @@ def _bundle_fixture(method: str, checkpoint: str):
     return fixture
 
 
-lseg_bundle = _bundle_fixture("lseg", "lseg_toy")
-clip_bundle = _bundle_fixture("clip", "clip_toy")
-tcl_bundle = _bundle_fixture("tcl", "tcl_toy")
-ifseg_bundle = _bundle_fixture("ifseg", "ifseg_toy")
-refdiff_bundle = _bundle_fixture("refdiff", "toy")
+# One session fixture "<method>_bundle" per registered method, exporting its test checkpoint.
+for _spec in METHODS.values():
+    globals()[f"{_spec.name}_bundle"] = _bundle_fixture(_spec.name, _spec.test_checkpoint)
 
 
 @pytest.fixture()

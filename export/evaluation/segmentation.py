@@ -21,7 +21,7 @@ from edgeseg.runtime.predictors import load_predictor
 from edgeseg.runtime.metrics import ConfusionMatrix
 from edgeseg.train.data.toyworld import EVAL_SPLITS, ToyWorld, ToyWorldConfig, label_lut
 
-from edgeseg.export.evaluation.torch_references import TORCH_REFERENCES
+from edgeseg.methods import METHODS
 
 
 @dataclass
@@ -50,7 +50,7 @@ def eval_method(method: str | None, bundle: str | Path, split: str = "seen", n: 
                 cache_dir="default", compare_torch: str | Path | None = None, progress: bool = True,
                 postprocess: bool = True) -> EvalResult:
     """mIoU of a bundle on ``n`` ToyWorld scenes through the runtime predictor of ``method`` (None: the
-    bundle's). ``compare_torch`` (a checkpoint of that method, where :data:`TORCH_REFERENCES` has one) adds
+    bundle's). ``compare_torch`` (a checkpoint of that method, where its registry entry has a PyTorch reference) adds
     the runtime-vs-PyTorch label-map agreement on the same scenes."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"unknown eval split {split!r}; choose one of {sorted(EVAL_SPLITS)}")
@@ -59,12 +59,13 @@ def eval_method(method: str | None, bundle: str | Path, split: str = "seen", n: 
     world_split, labels = EVAL_SPLITS[split]
     pred = load_predictor(bundle, method, cache_dir=cache_dir, postprocess=postprocess)
     method = pred.bundle.method
-    if compare_torch and method not in TORCH_REFERENCES:
-        raise ValueError(f"no PyTorch reference for method {method!r} (have: {sorted(TORCH_REFERENCES)})")
+    references = sorted(m.name for m in METHODS.values() if m.torch_reference_path)
+    if compare_torch and method not in references:
+        raise ValueError(f"no PyTorch reference for method {method!r} (have: {references})")
     size = pred.bundle.preprocessing["image_size"][0]
     world = ToyWorld(world_split, seed, ToyWorldConfig(size=size))
     lut, cm = label_lut(labels), ConfusionMatrix(len(labels))
-    torch_fn = TORCH_REFERENCES[method](compare_torch, labels) if compare_torch else None
+    torch_fn = METHODS[method].torch_reference()(compare_torch, labels) if compare_torch else None
     agree, total, times = 0, 0, []
     for i in tqdm(range(n), desc=f"eval {method} {split}", disable=not progress):
         scene = world[i]

@@ -1,5 +1,6 @@
 """PyTorch references of the segmentation pipelines for ``edgeseg eval METHOD --compare-torch CHECKPOINT``
-(:data:`TORCH_REFERENCES`). Import torch only when called."""
+Each is (checkpoint, labels) -> (uint8 HxWx3 image -> HxW int32 label map), named by its method's registry
+entry (:data:`edgeseg.methods.METHODS`). Import torch only when called."""
 
 from __future__ import annotations
 
@@ -62,6 +63,3 @@ def ifseg_torch_predictor(checkpoint: str | Path, labels: list[str]):
 
     return torch_reference(checkpoint, labels)
 
-
-# method -> (checkpoint, labels) -> (uint8 HxWx3 image -> HxW int32 label map) in PyTorch, for --compare-torch
-TORCH_REFERENCES = {"lseg": lseg_torch_predictor, "ifseg": ifseg_torch_predictor, "tcl": tcl_torch_predictor}

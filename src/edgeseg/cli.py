@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgeseg.methods import METHODS, methods_of_kind
+
 
 def _toyworld(a: argparse.Namespace) -> None:
     from PIL import Image
@@ -193,26 +195,21 @@ def _refer(a: argparse.Namespace) -> None:
 
 
 def _eval(a: argparse.Namespace) -> None:
-    if a.method == "refdiff":
-        from edgeseg.export.evaluation.refdiff import eval_refdiff
+    from edgeseg.methods import get_method
+    from edgeseg.runtime.fileio import atomic_write_bytes
 
-        res = eval_refdiff(a.bundle or "engines/refdiff_toy", a.n, a.seed,
-                           **({"position_bias": a.position_bias} if a.position_bias else {}))
-        print(res.summary())
-        if a.json:
-            from edgeseg.runtime.fileio import atomic_write_bytes
-
-            atomic_write_bytes(a.json, (json.dumps(res.to_dict(), indent=2, default=str) + "\n").encode())
-        return
-    from edgeseg.export.evaluation.segmentation import eval_method
-
-    res = eval_method(a.method, a.bundle or f"engines/{a.method}_toy", a.split, a.n, a.seed,
-                      compare_torch=a.compare_torch, postprocess=not a.no_post)
+    spec = get_method(a.method)
+    bundle = a.bundle or f"engines/{spec.name}_toy"
+    if spec.kind == "referring":
+        res = spec.evaluate()(bundle, a.n, a.seed, **({"position_bias": a.position_bias} if a.position_bias else {}))
+        doc = res.to_dict()
+    else:
+        res = spec.evaluate()(spec.name, bundle, a.split, a.n, a.seed, compare_torch=a.compare_torch,
+                              postprocess=not a.no_post)
+        doc = res.__dict__
     print(res.summary())
     if a.json:
-        from edgeseg.runtime.fileio import atomic_write_bytes
-
-        atomic_write_bytes(a.json, (json.dumps(res.__dict__, indent=2) + "\n").encode())
+        atomic_write_bytes(a.json, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def _demo(a: argparse.Namespace) -> None:
@@ -262,8 +259,8 @@ def _bench(a: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in written))
 
 
-METHODS = ["lseg", "tcl", "ifseg"]  # segmentation methods (the runtime's PREDICTORS; listed here so the
-# parser needs no runtime import)
+def _methods_help(kind: str | None = None) -> str:
+    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values() if kind in (None, m.kind))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,11 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_train)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX bundle with manifest")
-    s.add_argument("method", help="lseg, clip, tcl, ifseg, refdiff (see edgeseg.export.bundle.METHODS)")
-    s.add_argument("checkpoint", help="checkpoint folder or bundled name (lseg_toy, clip_toy); for clip also "
-                                      "ViT-B-16 (random init) or ViT-B-16:/path/to/open_clip.pt; for refdiff a "
-                                      "config name (toy, full-vit-b, full-vit-h) or JSON file "
-                                      "(see edgeseg.export.refdiff_bundle)")
+    s.add_argument("method", choices=list(METHODS), help=_methods_help())
+    s.add_argument("checkpoint", help="; ".join(f"{m.name}: {m.checkpoint_help}" for m in METHODS.values()))
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_export)
 
@@ -337,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("--labels", required=True, help='comma-separated, e.g. "circle,star,grass"')
     s.add_argument("--bundle", default="engines/lseg_toy")
-    s.add_argument("--method", choices=METHODS, help="check the bundle holds this method (default: the bundle's)")
+    s.add_argument("--method", choices=methods_of_kind("segmentation"),
+                   help="check the bundle holds this method (default: the bundle's)")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--out", default="overlay.png")
     s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"],
@@ -360,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_refer)
 
     s = sub.add_parser("eval", help="ToyWorld mIoU (segmentation) or oIoU/mIoU (refdiff) through the runtime")
-    s.add_argument("method", choices=METHODS + ["refdiff"])
+    s.add_argument("method", choices=[m.name for m in METHODS.values() if m.evaluate_path],
+                   help=_methods_help())
     s.add_argument("--bundle", help="default: engines/<method>_toy")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--split", default="seen", choices=["seen", "unseen", "generalized"])
