@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from edgeseg.runtime.fileio import atomic_write_bytes
 from edgeseg.train.checkpoint import resolve_checkpoint, sha256_file
 
 DEFAULT_CHECKPOINT = "lseg_toy"
@@ -63,13 +64,13 @@ def run_demo(out: str | Path = "out/demo", bundle: str | Path = "engines/lseg_to
         "provider": "CPUExecutionProvider", "total_seconds": round(time.time() - t0, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     md = ["# edgeseg demo report", "", f"bundle `{bundle}` (exported now: {exported}), checkpoint `{checkpoint}`", "",
           "| split | labels | mIoU |", "|---|---|---|"]
     md += [f"| {s} | {', '.join(EVAL_SPLITS[s][1])} | {e.miou:.3f} |" for s, e in evals.items()]
     md += ["", "median per-stage latency (ms, ORT CPU): " +
            ", ".join(f"{k} {v:.1f}" for k, v in report["median_stage_ms"].items()), "",
            "overlays: " + ", ".join(Path(s).name for s in shots), ""]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
     return report
 

@@ -14,10 +14,8 @@ depends on the training stack (no deep-learning framework imports).
 from __future__ import annotations
 
 import hashlib
-import os
 import string
 import struct
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .fileio import atomic_write_bytes
 
 __all__ = ["TextEmbeddingCache"]
 
@@ -263,32 +263,18 @@ class TextEmbeddingCache:
         return vec
 
     def _disk_write(self, key: str, vec: np.ndarray) -> None:
-        """Atomic write: temp file in the same dir, flush + fsync, os.replace."""
+        """Atomic write (:func:`edgeseg.runtime.fileio.atomic_write_bytes`): a crash leaves no partial entry, and
+        the next write of the same entry removes a dead writer's temporary file."""
         if self._dir is None or not self._writable:
             return
         path = self._path(key)
         payload = np.ascontiguousarray(vec, dtype="<f4").tobytes()
         blob = MAGIC + _HEADER.pack(vec.shape[0], _DTYPE_F32) + hashlib.sha256(payload).digest() + payload
-        tmp_name = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp",
-                                             delete=False) as fh:
-                tmp_name = fh.name
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
+            atomic_write_bytes(path, blob)
         except OSError as exc:
             self._writable = False
             self._warn_unwritable(exc, stacklevel=5)
-        finally:
-            if tmp_name is not None:
-                try:
-                    os.unlink(tmp_name)
-                except OSError:
-                    pass
 
     def _warn_unwritable(self, exc: OSError, stacklevel: int) -> None:
         if not self._write_warned:

@@ -7,13 +7,15 @@ Weights may be stored in float16 to keep committed checkpoints small; they load 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgeseg.runtime.fileio import atomic_write_bytes, sha256_file  # noqa: F401 (re-exported)
+from edgeseg.runtime.fileio import atomic_write_bytes, sha256_file, staged_dir  # noqa: F401 (re-exported)
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -38,16 +40,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def save_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any],
                     dtype: torch.dtype = torch.float32) -> Path:
-    """Write weights (floating tensors cast to ``dtype``) and config atomically; returns the folder."""
+    """Write weights (floating tensors cast to ``dtype``) and config as one folder that appears whole: both files
+    are written into a staged copy of the folder (other files of an existing folder carried over) and swapped
+    in at once, so a crash leaves the previous checkpoint or the new one, never weights without their config."""
     from safetensors.torch import save
 
     folder = Path(folder)
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in state.items()}
     config = dict(config, storage_dtype=str(dtype).replace("torch.", ""))
-    atomic_write_bytes(folder / WEIGHTS, save(tensors))
-    config["weights_sha256"] = sha256_file(folder / WEIGHTS)
-    atomic_write_bytes(folder / CONFIG, (json.dumps(config, indent=2, sort_keys=False) + "\n").encode())
+    blob = save(tensors)
+    config["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    with staged_dir(folder) as tmp:
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.name not in (WEIGHTS, CONFIG) and f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+        atomic_write_bytes(tmp / WEIGHTS, blob)
+        atomic_write_bytes(tmp / CONFIG, (json.dumps(config, indent=2, sort_keys=False) + "\n").encode())
     return folder
 
 

@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import struct
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-try:
-    from edgeseg.runtime.cache import MAGIC, TextEmbeddingCache
-except ImportError:  # package not installed yet: load the file by path
-    _path = Path(__file__).resolve().parents[2] / "runtime" / "cache.py"
-    _spec = importlib.util.spec_from_file_location("_edgeseg_runtime_cache", _path)
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = _mod
-    _spec.loader.exec_module(_mod)
-    MAGIC, TextEmbeddingCache = _mod.MAGIC, _mod.TextEmbeddingCache
+from edgeseg.runtime.cache import MAGIC, TextEmbeddingCache
 
 D = 8
 ENC = "a" * 64
