@@ -18,30 +18,88 @@ def colorize(label_map: np.ndarray) -> np.ndarray:
     return PALETTE[label_map % len(PALETTE)]
 
 
+# Overlays are bounded to this width (pixels) by default, whatever the input size; small inputs are enlarged
+# to at least MIN_PANEL px per panel so the legend fits. Change it with max_width= / --max-overlay-width.
+MAX_OVERLAY_WIDTH = 2048
+MIN_PANEL = 160
+
+
+def _font(size: int):
+    """PIL's default font at ``size`` px (a scalable one where Pillow has FreeType, else the fixed bitmap)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType: one fixed size
+        return ImageFont.load_default()
+
+
+def panel_size(h: int, w: int, n_panels: int, scale: int = 1, max_width: int = MAX_OVERLAY_WIDTH) -> tuple[int, int]:
+    """(panel height, panel width) for ``n_panels`` side-by-side copies of an HxW image: ``scale`` times the
+    input, shrunk so all panels fit in ``max_width``, enlarged to at least MIN_PANEL px wide; aspect kept."""
+    if max_width < MIN_PANEL * n_panels:
+        raise ValueError(f"max overlay width {max_width} is too small for {n_panels} panels; give at least "
+                         f"{MIN_PANEL * n_panels}")
+    pw = min(w * scale, max_width // n_panels)
+    pw = max(pw, MIN_PANEL)
+    return max(1, round(h * pw / w)), pw
+
+
 def overlay(image: np.ndarray, label_map: np.ndarray, labels: list[str], alpha: float = 0.55,
-            title: str = "", scale: int = 1):
-    """Image, coloured label map blended over it, and a legend of the labels present; returns a PIL image."""
+            title: str = "", scale: int = 1, max_width: int = MAX_OVERLAY_WIDTH):
+    """Image and the coloured label map blended over it, side by side, and a legend of the labels present;
+    returns a PIL image at most ``max_width`` wide, its legend scaled with it."""
     from PIL import Image, ImageDraw
 
     blend = (image.astype(np.float32) * (1 - alpha) + colorize(label_map).astype(np.float32) * alpha).astype(np.uint8)
-    pair = np.concatenate([image, blend], axis=1)
-    im = Image.fromarray(pair)
-    if scale != 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    ph, pw = panel_size(*image.shape[:2], 2, scale, max_width)
+    resample = Image.NEAREST if pw >= image.shape[1] else Image.BILINEAR
+    im = Image.new("RGB", (2 * pw, ph))
+    for k, arr in enumerate((image, blend)):
+        im.paste(Image.fromarray(arr).resize((pw, ph), resample), (k * pw, 0))
     present = [i for i in range(len(labels)) if (label_map == i).any()]
-    legend_h = 14 * (len(present) + (1 if title else 0)) + 6
+    fs = max(11, im.width // 60)
+    row = fs + fs // 3
+    font = _font(fs)
+    legend_h = row * (len(present) + (1 if title else 0)) + row // 2
     canvas = Image.new("RGB", (im.width, im.height + legend_h), (255, 255, 255))
     canvas.paste(im, (0, 0))
     d = ImageDraw.Draw(canvas)
-    y = im.height + 3
+    y = im.height + row // 4
     if title:
-        d.text((4, y), title, fill=(0, 0, 0))
-        y += 14
+        d.text((4, y), title, fill=(0, 0, 0), font=font)
+        y += row
     for i in present:
-        d.rectangle([4, y + 2, 14, y + 12], fill=tuple(int(c) for c in PALETTE[i % len(PALETTE)]))
-        d.text((20, y), labels[i], fill=(0, 0, 0))
-        y += 14
+        d.rectangle([4, y + 2, 4 + fs - 2, y + fs], fill=tuple(int(c) for c in PALETTE[i % len(PALETTE)]))
+        d.text((8 + fs, y), labels[i], fill=(0, 0, 0), font=font)
+        y += row
     return canvas
+
+
+# Formats an overlay can be written in, by file suffix.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: str | Path) -> str:
+    """The PIL format for an output file name, or a ValueError naming the suffixes that can be written."""
+    fmt = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write an image as {str(path)!r}: give a file name ending in "
+                         f"{', '.join(IMAGE_FORMATS)}")
+    return fmt
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Save a PIL image atomically in the format its suffix names (.png, .jpg/.jpeg, .webp); another suffix is
+    refused before anything is written."""
+    import io
+
+    from .fileio import atomic_write_bytes
+
+    fmt = image_format(path)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def save_png(image, path: str | Path) -> Path:
@@ -65,9 +123,10 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return (stops[lo] * (1 - w) + stops[lo + 1] * w).astype(np.uint8)
 
 
-def refer_overlay(image: np.ndarray, result, top: int = 3, scale: int = 2):
-    """Ref-Diff result panel (PIL image): the chosen mask over the image, the attention heat map ``c``, and the
-    ``top`` best proposals with their scores (s, s^G, s^D), the expression and target word as the title."""
+def refer_overlay(image: np.ndarray, result, top: int = 3, scale: int = 2, max_width: int = MAX_OVERLAY_WIDTH):
+    """Ref-Diff result panel (PIL image, at most ``max_width`` wide, text scaled with it): the chosen mask over
+    the image, the attention heat map ``c``, and the ``top`` best proposals with their scores (s, s^G, s^D), the
+    expression and target word as the title."""
     from PIL import Image, ImageDraw
 
     def tint(mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.55) -> np.ndarray:
@@ -81,14 +140,15 @@ def refer_overlay(image: np.ndarray, result, top: int = 3, scale: int = 2):
         sc = result.scores
         panels.append((tint(result.proposals[i], (40, 120, 255)),
                        f"#{rank} s={sc['total'][i]:.3f} G={sc['generative'][i]:.2f} D={sc['discriminative'][i]:.3f}"))
-    h, w = image.shape[:2]
-    pw, ph = w * scale, h * scale
-    label_h = 16
+    ph, pw = panel_size(*image.shape[:2], len(panels), scale, max_width)
+    resample = Image.NEAREST if pw >= image.shape[1] else Image.BILINEAR
+    fs = max(11, min(pw // 14, (pw * len(panels)) // 70))
+    font, label_h = _font(fs), fs + fs // 2
     canvas = Image.new("RGB", (pw * len(panels), ph + 2 * label_h + 4), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     d.text((4, 2), f"\"{result.expression}\"  ->  target '{result.target_word}'  ({result.parsed.parser})",
-           fill=(0, 0, 0))
+           fill=(0, 0, 0), font=font)
     for k, (arr, label) in enumerate(panels):
-        canvas.paste(Image.fromarray(arr).resize((pw, ph), Image.NEAREST), (k * pw, label_h))
-        d.text((k * pw + 3, label_h + ph + 2), label, fill=(0, 0, 0))
+        canvas.paste(Image.fromarray(arr).resize((pw, ph), resample), (k * pw, label_h))
+        d.text((k * pw + 3, label_h + ph + 2), label, fill=(0, 0, 0), font=font)
     return canvas

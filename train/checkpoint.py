@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,65 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
+def _is_checkpoint(p: Path) -> bool:
+    return p.is_dir() and (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder: an existing path, or the name of a bundled one (``clip_toy``, ``lseg_toy``)."""
-    p = Path(path)
-    if not p.exists() and (CHECKPOINT_DIR / str(path)).exists():
-        p = CHECKPOINT_DIR / str(path)
+    """A checkpoint folder, looked up in this order:
+
+    1. a path with a folder part (``./lseg_toy``, ``/data/ckpt``, ``runs/x``): that path, nothing else;
+    2. a bare name (``lseg_toy``): a local folder of that name if it is a checkpoint, else the bundled checkpoint
+       of that name (a local folder of the same name that is not a checkpoint, e.g. a bundle written with
+       ``--out lseg_toy``, is passed over with a warning saying so), else the local path.
+    Errors say which of the two was found."""
+    s, p = str(path), Path(path)
+    explicit = p.is_absolute() or len(p.parts) > 1 or s.startswith(".")
+    bundled = CHECKPOINT_DIR / s
+    if not explicit and not _is_checkpoint(p) and _is_checkpoint(bundled):
+        if p.exists():
+            warnings.warn(f"the local {'folder' if p.is_dir() else 'file'} {s!r} is not a checkpoint (no {CONFIG} + "
+                          f"{WEIGHTS}); using the bundled checkpoint {s!r} ({bundled}); write ./{s} to mean the "
+                          f"local one", stacklevel=2)
+        return bundled
     if not p.exists():
-        bundled = sorted(d.name for d in CHECKPOINT_DIR.iterdir() if d.is_dir()) if CHECKPOINT_DIR.exists() else []
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found; give a folder with {CONFIG} and {WEIGHTS} "
-                                f"or a bundled name: {bundled}")
+        names = sorted(d.name for d in CHECKPOINT_DIR.iterdir() if d.is_dir()) if CHECKPOINT_DIR.exists() else []
+        raise FileNotFoundError(f"checkpoint {s!r} not found, neither as a local path nor as a bundled name; give a "
+                                f"folder with {CONFIG} and {WEIGHTS} or a bundled name: {names}")
     if p.is_file():
         p = p.parent
     for name in (CONFIG, WEIGHTS):
         if not (p / name).exists():
-            raise FileNotFoundError(f"checkpoint folder {p} has no {name}; it must hold {CONFIG} and {WEIGHTS}")
+            raise FileNotFoundError(f"checkpoint {s!r} is the local folder {p}, which has no {name}; a checkpoint "
+                                    f"folder holds {CONFIG} and {WEIGHTS}")
     return p
+
+
+# What the loaders of user weight files accept, named in their errors.
+ACCEPTED_WEIGHTS = ("a .safetensors file, or a PyTorch file (.pth/.pt/.ckpt/.bin) holding only tensors (a state "
+                    "dict as torch.save writes it)")
+
+
+def safe_torch_load(path: str | Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file that cannot be read that way (pickled code, another
+    format, a corrupt or truncated file) gets one line saying it is not a safe checkpoint and what is accepted."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and format errors differ between torch versions
+        raise ValueError(f"{path} is not a safe {what} checkpoint: it cannot be read as tensors only "
+                         f"({type(e).__name__}; corrupt, truncated, or holding pickled code); give "
+                         f"{ACCEPTED_WEIGHTS}") from None
+
+
+def safe_safetensors_load(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with one line for a file that is not a valid safetensors file."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError
+        raise ValueError(f"{path} is not a valid .safetensors {what} file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}); give {ACCEPTED_WEIGHTS}") from None
 
 
 def save_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any],

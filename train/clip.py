@@ -83,9 +83,13 @@ def create_clip(name: str, weights: str | Path | None = None, seed: int = 0) -> 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights {str(path)!r} not found; give a local open_clip checkpoint file")
+        from .checkpoint import safe_torch_load
+
         try:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-        except (RuntimeError, AssertionError, KeyError) as e:  # open_clip asserts on some shape mismatches
+        except Exception as e:  # noqa: BLE001 - open_clip asserts on some shape mismatches; torch raises its own
+            if path.suffix != ".safetensors":
+                safe_torch_load(path, "open_clip")  # an unsafe or corrupt file: that one line, not a mismatch
             msg = (str(e).splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{path} does not fit the {name!r} architecture ({msg}); "
                              f"pick the matching config from {list_models()}") from None

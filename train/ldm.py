@@ -168,11 +168,12 @@ def _load_diffusers_folder(name: str, folder: Path) -> tuple[nn.Module, nn.Modul
 
 
 def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
+    from .checkpoint import safe_safetensors_load, safe_torch_load
+
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
+        return safe_safetensors_load(path, "Stable Diffusion")
     if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = safe_torch_load(path, "Stable Diffusion")
         return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     raise ValueError(f"{path} is neither .safetensors nor .ckpt; give an original LDM single-file checkpoint "
                      f"or a diffusers folder")

@@ -136,11 +136,9 @@ def _load_official(sam: nn.Module, name: str, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"SAM weights {str(path)!r} not found; download sam_{name}_*.pth from "
                                 f"https://github.com/facebookresearch/segment-anything#model-checkpoints")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/format errors differ between torch versions
-        raise ValueError(f"{path} is not a loadable SAM state dict ({type(e).__name__}: {e}); give the official "
-                         f"sam_{name}_*.pth file") from e
+    from .checkpoint import safe_torch_load
+
+    state = safe_torch_load(path, f"SAM {name}")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
