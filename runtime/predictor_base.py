@@ -17,22 +17,31 @@ import numpy as np
 from .bundle import Bundle
 from .images import load_image, preprocess
 from .text import TextEncoder
+from .tokenizer import clean_text
 
 
 def parse_labels(labels: Any) -> list[str]:
-    """A list of non-empty strings, or a comma-separated string; duplicates refused."""
+    """A list of non-empty strings, or a comma-separated string. Labels are compared as the text encoder sees
+    them (after its cleaning: HTML entities, control characters, case, whitespace), so "circle" and "CIRCLE", or
+    "sand & water" and "sand &amp; water", are one label given twice and refused, and a label of only control
+    characters or a BOM is refused as empty."""
     if isinstance(labels, str):
         labels = [x.strip() for x in labels.split(",")]
     if not isinstance(labels, (list, tuple)) or not labels:
         raise ValueError(f"labels must be a non-empty list of strings (or 'a,b,c'); got {labels!r}")
-    out = []
+    out, seen = [], {}
     for i, x in enumerate(labels):
         if not isinstance(x, str) or not x.strip():
             raise ValueError(f"label {i} is {x!r}; every label must be a non-empty string")
+        key = clean_text(x)
+        if not key:
+            raise ValueError(f"label {i} ({x!r}) is empty once cleaned for the text encoder (control characters, "
+                             f"BOM or entities only); give a real word")
+        if key in seen:
+            raise ValueError(f"labels {seen[key]!r} and {x.strip()!r} are the same prompt {key!r} for the text "
+                             f"encoder (it lower-cases and cleans text); give each label once")
+        seen[key] = x.strip()
         out.append(x.strip())
-    dup = sorted({x for x in out if out.count(x) > 1})
-    if dup:
-        raise ValueError(f"duplicate labels {dup}; give each label once")
     return out
 
 

@@ -34,7 +34,7 @@ def test_bad_images_are_refused(predictor, bad, err, msg):
 
 
 @pytest.mark.parametrize("labels, msg", [([], "non-empty list"), (["circle", ""], "label 1"),
-                                         (["sand", "sand"], "duplicate labels")])
+                                         (["sand", "sand"], "the same prompt")])
 def test_bad_labels(predictor, labels, msg):
     predictor.set_image(ToyWorld("all", 0)[0].image)
     with pytest.raises(ValueError, match=msg):

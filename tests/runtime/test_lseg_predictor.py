@@ -41,7 +41,7 @@ def test_non_image_file(predictor, tmp_path):
 
 
 @pytest.mark.parametrize("labels, msg", [([], "non-empty list"), (["circle", "  "], "label 1"),
-                                         (["circle", "circle"], "duplicate labels"), (None, "non-empty list")])
+                                         (["circle", "circle"], "the same prompt"), (None, "non-empty list")])
 def test_bad_labels(predictor, labels, msg):
     predictor.set_image(ToyWorld("seen", 0)[0].image)
     with pytest.raises(ValueError, match=msg):

@@ -62,7 +62,7 @@ def test_background_threshold_only_when_asked(predictor, scene):
 @pytest.mark.parametrize("call, err, msg", [
     (lambda p: p.predict([]), ValueError, "non-empty list"),
     (lambda p: p.predict(["circle", ""]), ValueError, "non-empty string"),
-    (lambda p: p.predict(["circle", "circle"]), ValueError, "duplicate labels"),
+    (lambda p: p.predict(["circle", "circle"]), ValueError, "the same prompt"),
     (lambda p: p.predict(["circle", "background"], background=True), ValueError, "added by background"),
     (lambda p: p.predict(["circle"], background=1.5), ValueError, r"threshold in \[0, 1\]"),
     (lambda p: p.predict(["circle"], background="yes"), ValueError, "background must be"),
