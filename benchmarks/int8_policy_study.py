@@ -35,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     import onnxruntime as ort
 
-    b = Bundle(a.bundle, provider="cpu")
+    b = Bundle(a.bundle, provider="ort-cpu")
     comp, src = b.component("clip_image"), b.path / b.component("clip_image")["file"]
     world = ToyWorld("all", 0, ToyWorldConfig(size=b.preprocessing["image_size"][0], max_objects=1, min_scale=0.3))
     xs = [preprocess(s.image, b.preprocessing) for s in (world[i] for i in range(a.n)) if s.objects]

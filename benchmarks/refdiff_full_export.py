@@ -22,7 +22,7 @@ WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np, torch
-side, spec, name, folder = sys.argv[1:5]
+side, checkpoint, name, folder = sys.argv[1:5]
 t0 = time.perf_counter()
 if side == "sd":
     from edgeseg.export.refdiff_sd import sd_components as build
@@ -30,7 +30,7 @@ elif side == "sam":
     from edgeseg.export.refdiff_sam import sam_components as build
 else:
     from edgeseg.export.clip_masked import refdiff_clip_components as build
-comps, _ = build(spec)
+comps, _ = build(checkpoint)
 wrapper, cspec = comps[name]
 for other in [k for k in comps if k != name]:
     del comps[other]
@@ -51,7 +51,7 @@ sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 feeds = {t.name: x.numpy() for t, x in zip(cspec.inputs, inputs)}
 t5 = time.perf_counter(); got = sess.run(None, feeds); t6 = time.perf_counter()
 diff = {t.name: float(np.abs(r.numpy() - g).max()) for t, r, g in zip(cspec.outputs, ref, got)}
-print(json.dumps({"component": name, "model": spec, "parameters_M": round(params / 1e6, 1),
+print(json.dumps({"component": name, "model": checkpoint, "parameters_M": round(params / 1e6, 1),
                   "build_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "onnx_MB": round(size, 1),
                   "peak_rss_export_GB": round(export_rss / 1024, 2),
                   "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

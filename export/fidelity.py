@@ -147,7 +147,7 @@ def polygraphy_compare(fp32_dir: str | Path, other_dir: str | Path, iterations: 
 
     from edgeseg.export.build.quantize import calibration_set, component_feeds
 
-    ref, other = Bundle(fp32_dir, provider="cpu"), Bundle(other_dir, provider="cpu")
+    ref, other = Bundle(fp32_dir, provider="ort-cpu"), Bundle(other_dir, provider="ort-cpu")
     precision = other.manifest.get("precision", "fp32")
     atol, rtol = POLYGRAPHY_TOL[precision]
     calib = calibration_set(iterations, seed=77_001, size=ref.preprocessing["image_size"][0])
@@ -161,9 +161,9 @@ def polygraphy_compare(fp32_dir: str | Path, other_dir: str | Path, iterations: 
             for t in comp["inputs"]:
                 meta.add(t["name"], np.dtype(t["dtype"]), tuple(t.get("opt") or t["shape"]))
             feeds = DataLoader(iterations=iterations, input_metadata=meta)
-        # The runtime's own sessions: checked against the manifest, with its FP16-on-CPU workaround.
-        runners = [OnnxrtRunner(ref.session(name), name=f"{name}-fp32"),
-                   OnnxrtRunner(other.session(name), name=f"{name}-{precision}")]
+        # The runtime's own ONNX Runtime sessions: checked against the manifest, with its FP16-on-CPU workaround.
+        runners = [OnnxrtRunner(ref.session(name).inference_session, name=f"{name}-fp32"),
+                   OnnxrtRunner(other.session(name).inference_session, name=f"{name}-{precision}")]
         results = Comparator.run(runners, data_loader=feeds)
         acc = Comparator.compare_accuracy(results, compare_func=compare_func(
             atol=atol, rtol=rtol, check_error_stat="median"))

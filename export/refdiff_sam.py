@@ -1,7 +1,7 @@
 """The SAM side of the Ref-Diff bundle: ``sam_encoder`` + ``sam_decoder`` and the facts the numpy runtime needs
 for automatic mask generation (``edgeseg.runtime.sam_auto.generate_masks``).
 
-``sam_components(spec)`` takes what :func:`edgeseg.train.sam.load_sam` takes: a SAM checkpoint folder or the
+``sam_components(checkpoint)`` takes what :func:`edgeseg.train.sam.load_sam` takes: a SAM checkpoint folder or the
 bundled ``sam_toy``; ``vit_b`` / ``vit_h`` (random seeded weights, for export checks); or
 ``vit_h:/path/sam_vit_h_4b8939.pth`` (official weights). The lead combines it in ``refdiff_bundle.py``.
 """
@@ -41,9 +41,9 @@ def sam_amg_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return amg
 
 
-def sam_components(spec: str | Path, max_prompts: int = 64, opset: int = 17
+def sam_components(checkpoint: str | Path, max_prompts: int = 64, opset: int = 17
                    ) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict[str, Any]]:
-    """(name -> (export wrapper, spec), info) for the SAM of ``spec`` (see the module docstring).
+    """(name -> (export wrapper, ComponentSpec), info) for the SAM of ``checkpoint`` (see the module docstring).
 
     info: {"sam_preprocessing": {img_size, pixel_mean, pixel_std}, "mask_threshold": 0.0,
     "amg": {points_per_side, pred_iou_thresh, stability_score_thresh, stability_offset, box_nms_thresh,
@@ -52,7 +52,7 @@ def sam_components(spec: str | Path, max_prompts: int = 64, opset: int = 17
     """
     from edgeseg.train.sam import load_sam
 
-    sam, cfg = load_sam(spec)
+    sam, cfg = load_sam(checkpoint)
     size, grid, dim = int(cfg["preprocessing"]["img_size"]), int(cfg["embedding_grid"]), int(cfg["embed_dim"])
     comps = {
         sam_encoder.NAME: (sam_encoder.SamEncoderWrapper(sam).eval(), sam_encoder.spec(size, grid, dim, opset=opset)),

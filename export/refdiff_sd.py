@@ -1,6 +1,6 @@
 """The Stable Diffusion side of the Ref-Diff bundle: ``sd_text``, ``vae_encoder`` and ``unet_attn`` of an LDM.
 
-``sd_components(spec)`` takes what :func:`edgeseg.train.ldm.load_ldm` takes: the bundled ``ldm_toy`` (or another
+``sd_components(checkpoint)`` takes what :func:`edgeseg.train.ldm.load_ldm` takes: the bundled ``ldm_toy`` (or another
 ``ldm`` checkpoint folder), ``sd15`` (random weights), ``sd15:/diffusers/folder`` or ``sd15:/v1-5.safetensors``.
 The lead's ``export/refdiff_bundle.py`` merges these components with the SAM and CLIP ones.
 """
@@ -16,19 +16,19 @@ from edgeseg.export import sd_text, unet_attn, vae_encoder
 from edgeseg.export.spec import ComponentSpec
 
 
-def sd_components(spec: str | Path = "ldm_toy", image_size: int | tuple[int, int] | None = None,
+def sd_components(checkpoint: str | Path = "ldm_toy", image_size: int | tuple[int, int] | None = None,
                   max_batch: int = 16, opset: int = 17
                   ) -> tuple[dict[str, tuple[nn.Module, ComponentSpec]], dict[str, Any]]:
-    """(name -> (export wrapper, spec), info) for an LDM; ``info`` is JSON-serializable (see below).
+    """(name -> (export wrapper, ComponentSpec), info) for an LDM; ``info`` is JSON-serializable (see below).
 
     info: ``vae_preprocessing`` (image_size [H, W], mean, std: image -> [-1, 1]), ``scaling_factor``,
     ``scheduler`` (diffusers DDPM/DDIM fields), ``attention`` (``grid`` [q_h, q_w], ``resolutions``, ``layers``),
-    ``latent_shape`` [C, h, w], ``sd_tokenizer`` (context_length 77, pad_id 49407), ``ldm`` (name, the spec given
-    as ``checkpoint``, its resolved ``path``, ``weights_sha256`` of an ldm checkpoint),
+    ``latent_shape`` [C, h, w], ``sd_tokenizer`` (context_length 77, pad_id 49407), ``ldm`` (name, the ``checkpoint``
+    given, its resolved ``path``, ``weights_sha256`` of an ldm checkpoint),
     ``metrics`` (of a trained checkpoint, else {})."""
     from edgeseg.train.ldm import load_ldm
 
-    text, vae, unet, cfg = load_ldm(spec, image_size=image_size)
+    text, vae, unet, cfg = load_ldm(checkpoint, image_size=image_size)
     c, h, w = cfg["latent_shape"]
     down = cfg["attention"]["query_downscale"]
     wrapper = unet_attn.make_wrapper(unet, (h, w), cfg["attention"]["resolutions"], query_downscale=down)
@@ -46,7 +46,7 @@ def sd_components(spec: str | Path = "ldm_toy", image_size: int | tuple[int, int
             "attention": {"grid": list(grid), "resolutions": list(wrapper.resolutions),
                           "layers": list(wrapper.layer_names)},
             "latent_shape": [c, h, w], "sd_tokenizer": dict(cfg["tokenizer"]),
-            "ldm": {"name": cfg["name"], "checkpoint": str(spec), "path": cfg.get("checkpoint", str(spec)),
+            "ldm": {"name": cfg["name"], "checkpoint": str(checkpoint), "path": cfg.get("checkpoint", str(checkpoint)),
                     "weights_sha256": cfg.get("weights_sha256", "")},
             "metrics": cfg.get("metrics", {})}
     return comps, info

@@ -11,8 +11,11 @@ from .ifseg import IFSegPredictor, IFSegResult
 from .lseg import LSegPredictor, LSegResult
 from .predictors import PREDICTORS, list_methods, load_predictor
 from .refdiff import RefDiffPredictor, RefDiffResult
+from .refdiff_localize import AttentionLocalizer
+from .refdiff_proposals import ProposalGenerator
+from .refdiff_scorer import ProposalScorer
 from .tcl import TCLPredictor, TCLResult
 
 __all__ = ["Bundle", "BundleError", "LSegPredictor", "LSegResult", "PREDICTORS", "TextEmbeddingCache", "list_methods",
            "load_predictor", "IFSegPredictor", "IFSegResult", "TCLPredictor", "TCLResult", "RefDiffPredictor",
-           "RefDiffResult"]
+           "RefDiffResult", "AttentionLocalizer", "ProposalGenerator", "ProposalScorer"]

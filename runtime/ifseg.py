@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .images import resize_maps
 from .knn import DEFAULT_ITERATIONS, DEFAULT_K, knn_refine
 from .lseg import LSegResult
-from .predictor_base import TwoPhasePredictor, softmax
+from .predictor_base import ImageState, TwoPhasePredictor, softmax
 
 
 @dataclass
@@ -54,14 +53,12 @@ class IFSegPredictor(TwoPhasePredictor):
             raise ValueError(f"knn_iterations must be >= 0, got {self.knn_iterations}")
         self.postprocess = bool(postprocess)
 
-    @property
-    def _dense(self) -> np.ndarray | None:
-        """1 x D x h x w dense image features of the current image (None before set_image)."""
-        return None if self._encoded is None else self._encoded["dense_embeds"]
-
-    def predict(self, labels: Any) -> IFSegResult:
-        """Segment the image given to :meth:`set_image` into ``labels`` (list or 'a,b,c')."""
-        dense = self._require_image()["dense_embeds"]
+    def predict(self, labels: Any, *, state: ImageState | None = None,
+                full_probabilities: bool = False) -> IFSegResult:
+        """Segment an image (``state`` from :meth:`encode`, else this thread's :meth:`set_image` image) into
+        ``labels`` (list or 'a,b,c')."""
+        st = self._require_image(state)
+        dense = st.encoded["dense_embeds"]
         names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
         logits = self.bundle.run("ifseg_head", {"dense_embeds": dense, "text_embeds": text})["logits"][0]
@@ -69,8 +66,7 @@ class IFSegPredictor(TwoPhasePredictor):
         probs = softmax(logits)
         if self.postprocess:
             probs = knn_refine(probs, dense[0], self.knn_k, self.knn_iterations)
-        probs = resize_maps(probs.astype(np.float32), self._size)
-        label_map = probs.argmax(0).astype(np.int32)
+        label_map, probs = self._to_image_size(probs.astype(np.float32), st.size, full_probabilities)
         t3 = time.perf_counter()
-        timings = self._timings_with(text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        timings = self._timings_with(st, text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return IFSegResult(names, label_map, probs, timings, self._provider("ifseg_head"), cut, self.postprocess)

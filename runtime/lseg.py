@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .images import resize_maps
-from .predictor_base import TwoPhasePredictor, parse_labels, softmax
+from .predictor_base import ImageState, TwoPhasePredictor, parse_labels, softmax
 
 __all__ = ["LSegPredictor", "LSegResult", "parse_labels"]
 
@@ -27,7 +26,8 @@ __all__ = ["LSegPredictor", "LSegResult", "parse_labels"]
 class LSegResult:
     labels: list[str]
     label_map: np.ndarray  # H x W int32, index into labels (H, W of the input image)
-    probabilities: np.ndarray  # C x H x W float32, softmax over labels
+    probabilities: np.ndarray  # C x h x w float32, softmax over labels, at the model's resolution (C x H x W
+    # with predict(..., full_probabilities=True))
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     provider: str = ""
     truncated_labels: list[str] = field(default_factory=list)  # labels cut at the tokenizer's context length
@@ -47,16 +47,18 @@ class LSegPredictor(TwoPhasePredictor):
         """``postprocess`` is accepted for the common predictor API (LSeg has no refinement step)."""
         super().__init__(bundle, cache_dir, provider)
 
-    def predict(self, labels: Any) -> LSegResult:
-        """Segment the image given to :meth:`set_image` into ``labels`` (list or 'a,b,c')."""
-        pixel = self._require_image()["pixel_embeds"]
+    def predict(self, labels: Any, *, state: ImageState | None = None,
+                full_probabilities: bool = False) -> LSegResult:
+        """Segment an image (``state`` from :meth:`encode`, else this thread's :meth:`set_image` image) into
+        ``labels`` (list or 'a,b,c')."""
+        st = self._require_image(state)
         names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
-        logits = self.bundle.run("lseg_head", {"pixel_embeds": pixel, "text_embeds": text})["logits"][0]
+        logits = self.bundle.run("lseg_head", {"pixel_embeds": st.encoded["pixel_embeds"],
+                                               "text_embeds": text})["logits"][0]
         t2 = time.perf_counter()
-        probs = resize_maps(softmax(logits), self._size)
-        label_map = probs.argmax(0).astype(np.int32)
+        label_map, probs = self._to_image_size(softmax(logits), st.size, full_probabilities)
         t3 = time.perf_counter()
         return LSegResult(names, label_map, probs,
-                          self._timings_with(text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3),
+                          self._timings_with(st, text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3),
                           self._provider("lseg_head"), cut)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends import DEFAULT_BACKEND, manifest_backend
+
 
 class ManifestError(ValueError):
     """A manifest entry that does not have the shape this runtime reads."""
@@ -138,7 +140,7 @@ class Manifest:
     components: dict[str, ComponentEntry]
     preprocessing: dict
     method_config: dict
-    backend: str = "ort-cpu"
+    backend: str = DEFAULT_BACKEND  # a name of runtime.backends.BACKENDS ("tensorrt" in old manifests -> "trt")
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -147,4 +149,5 @@ class Manifest:
         if not isinstance(d.get("method"), str) or not isinstance(comps, dict):
             raise ManifestError("the manifest needs a 'method' string and a 'components' object")
         return cls(d["method"], {n: ComponentEntry.from_dict(n, c) for n, c in comps.items()},
-                   d.get("preprocessing") or {}, d.get("method_config") or {}, d.get("backend", "ort-cpu"), d)
+                   d.get("preprocessing") or {}, d.get("method_config") or {},
+                   manifest_backend(d.get("backend", DEFAULT_BACKEND)), d)

@@ -7,15 +7,17 @@ implements ``predict(labels, ...)`` with :meth:`_require_image`, :meth:`_embed_l
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from .bundle import Bundle
-from .images import load_image, preprocess
+from .images import load_image, preprocess, resize_maps
 from .text import TextEncoder
 from .tokenizer import clean_text
 
@@ -51,7 +53,39 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return (z / z.sum(axis, keepdims=True)).astype(np.float32)
 
 
+# full_probabilities=True refuses to allocate more than this (labels x H x W float32); the label map is always
+# computed at full size, one label at a time, without it.
+MAX_FULL_PROBABILITIES_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """One encoded image, immutable: what ``predict`` needs of it. Share it between threads freely.
+
+    ``encoded``: the encoder's outputs (read-only arrays); ``input``: 1 x 3 x H' x W' float32, the preprocessed
+    image (read-only); ``size``: (H, W) of the image given; ``timings_ms``: preprocess and encoder times."""
+
+    encoded: Mapping[str, np.ndarray]
+    input: np.ndarray
+    size: tuple[int, int]
+    timings_ms: Mapping[str, float]
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    a.setflags(write=False)
+    return a
+
+
 class TwoPhasePredictor(ABC):
+    """Base of the label-segmentation predictors.
+
+    Thread safety: ``encode(image) -> ImageState`` and ``predict(labels, state=state)`` share nothing mutable
+    between calls, so one predictor serves any number of threads. ``set_image`` / ``predict(labels)`` (no
+    ``state``) is a convenience that keeps the image of the *calling thread*: two threads each calling
+    ``set_image`` then ``predict`` get their own image's result. ``segment(image, labels)`` is one call.
+    """
+
     METHOD = ""  # the manifest's "method"
     ENCODER = ""  # the component set_image runs on the 1x3xHxW image
 
@@ -64,12 +98,9 @@ class TwoPhasePredictor(ABC):
         self.config: dict = self.bundle.manifest.get("method_config", {})
         self.text = TextEncoder(self.bundle, cache_dir)
         self.template = self.config.get("template", "{}")
-        self._encoded: dict[str, np.ndarray] | None = None  # the encoder's outputs for the current image
-        self._input: np.ndarray | None = None  # 1 x 3 x H' x W' preprocessed image
-        self._size: tuple[int, int] = (0, 0)  # H, W of the image given
-        self._timings: dict[str, float] = {}
+        self._local = threading.local()  # .state: the ImageState set_image gave this thread
 
-    def set_image(self, image: Any) -> None:
+    def encode(self, image: Any) -> ImageState:
         """Encode an image (uint8 HxWx3 RGB array, PIL image or path) once for any number of predicts."""
         t0 = time.perf_counter()
         img = load_image(image)
@@ -77,13 +108,23 @@ class TwoPhasePredictor(ABC):
         t1 = time.perf_counter()
         out = self.bundle.run(self.ENCODER, {"image": x})
         t2 = time.perf_counter()
-        self._encoded, self._input, self._size = out, x, img.shape[:2]
-        self._timings = {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3}
+        return ImageState({k: _frozen(v) for k, v in out.items()}, _frozen(x), tuple(img.shape[:2]),
+                          {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3})
 
-    def _require_image(self) -> dict[str, np.ndarray]:
-        if self._encoded is None:
-            raise RuntimeError("no image set: call set_image(image) before predict(labels)")
-        return self._encoded
+    def set_image(self, image: Any) -> ImageState:
+        """:meth:`encode` and keep the result as the calling thread's current image; returns it."""
+        state = self.encode(image)
+        self._local.state = state
+        return state
+
+    def _require_image(self, state: ImageState | None = None) -> ImageState:
+        state = state if state is not None else getattr(self._local, "state", None)
+        if state is None:
+            raise RuntimeError("no image set: call set_image(image) before predict(labels), or pass "
+                               "state=predictor.encode(image)")
+        if not isinstance(state, ImageState):
+            raise ValueError(f"state must be the ImageState that encode(image) returns, got {type(state).__name__}")
+        return state
 
     def _embed_labels(self, labels: Any) -> tuple[list[str], np.ndarray, list[str], float]:
         """(labels, N x D unit-norm text embeddings through the cache, labels cut at the context length, ms)."""
@@ -93,17 +134,52 @@ class TwoPhasePredictor(ABC):
         cut = self.text.tokenizer.truncated([self.template.format(n) for n in names])
         return names, text, [n for n, c in zip(names, cut) if c], (time.perf_counter() - t0) * 1e3
 
-    def _timings_with(self, **stages_ms: float) -> dict[str, float]:
-        return dict(self._timings, **stages_ms)
+    @staticmethod
+    def _timings_with(state: ImageState, **stages_ms: float) -> dict[str, float]:
+        return dict(state.timings_ms, **stages_ms)
 
     def _provider(self, component: str) -> str:
         return self.bundle.providers_used.get(component, "")
 
+    @staticmethod
+    def _to_image_size(probs: np.ndarray, size: tuple[int, int], full: bool,
+                       background: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """C x h x w probabilities -> (H x W int32 label map, probabilities). The label map is the argmax of the
+        bilinearly upsampled probabilities, computed one label at a time (memory H x W, not C x H x W); with
+        ``background``, a constant channel of that value is appended (label C). The probabilities are returned
+        at h x w unless ``full`` (then at H x W, refused above MAX_FULL_PROBABILITIES_BYTES)."""
+        C, (H, W) = probs.shape[0], tuple(size)
+        extra = [] if background is None else [np.full((1,) + probs.shape[1:], background, np.float32)]
+        if full:
+            need = (C + len(extra)) * H * W * 4
+            if need > MAX_FULL_PROBABILITIES_BYTES:
+                raise ValueError(f"full-resolution probabilities for {C} labels at {H}x{W} need "
+                                 f"{need / 2**30:.1f} GiB (limit {MAX_FULL_PROBABILITIES_BYTES / 2**30:.0f} GiB); use "
+                                 f"fewer labels, a smaller image, or the default low-resolution probabilities")
+            up = resize_maps(probs, size)
+            if extra:
+                up = np.concatenate([up, np.full((1, H, W), background, np.float32)])
+            return up.argmax(0).astype(np.int32), up
+        if probs.shape[1:] == (H, W):
+            best, label_map = probs.max(0), probs.argmax(0).astype(np.int32)
+        else:
+            best = resize_maps(probs[:1], size)[0]
+            label_map = np.zeros((H, W), np.int32)
+            for c in range(1, C):
+                up = resize_maps(probs[c:c + 1], size)[0]
+                better = up > best  # strict: ties keep the lower label, as argmax does
+                best[better] = up[better]
+                label_map[better] = c
+        if background is not None:
+            label_map[best < np.float32(background)] = C
+        return label_map, np.concatenate([probs, *extra]) if extra else probs
+
     @abstractmethod
-    def predict(self, labels: Any):
-        """Segment the image given to :meth:`set_image` into ``labels``; each method's result dataclass."""
+    def predict(self, labels: Any, *, state: ImageState | None = None, full_probabilities: bool = False):
+        """Segment an image into ``labels``: the one ``state`` holds, else the calling thread's
+        :meth:`set_image` image. Each method's result dataclass; its ``probabilities`` are at the model's
+        resolution unless ``full_probabilities``."""
 
     def segment(self, image: Any, labels: Any, **kwargs: Any):
-        """One shot: :meth:`set_image` then :meth:`predict`."""
-        self.set_image(image)
-        return self.predict(labels, **kwargs)
+        """One shot: :meth:`set_image` (the calling thread's image) then :meth:`predict` on it."""
+        return self.predict(labels, state=self.set_image(image), **kwargs)

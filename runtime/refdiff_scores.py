@@ -79,8 +79,8 @@ def masked_crops(image: np.ndarray, masks: np.ndarray, mode: str) -> list[np.nda
     return out
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
-    """(intersection, union) pixel counts of two H x W bool masks."""
+def intersection_union(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """(intersection, union) pixel counts of two H x W bool masks (their IoU is the first over the second)."""
     return int(np.logical_and(a, b).sum()), int(np.logical_or(a, b).sum())
 
 
@@ -92,7 +92,7 @@ class ReferMetrics:
         self.ious: list[float] = []
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> float:
-        i, u = iou(pred, gt)
+        i, u = intersection_union(pred, gt)
         self.inter += i
         self.union += u
         self.ious.append(i / u if u else 1.0)

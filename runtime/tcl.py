@@ -24,7 +24,7 @@ from .bundle import Bundle
 from .images import resize_maps
 from .lseg import LSegResult
 from .pamr import DEFAULT_DILATIONS, DEFAULT_ITERATIONS, _check, pamr
-from .predictor_base import TwoPhasePredictor, parse_labels
+from .predictor_base import ImageState, TwoPhasePredictor, parse_labels
 
 BACKGROUND = "background"
 
@@ -66,11 +66,13 @@ class TCLPredictor(TwoPhasePredictor):
         raise ValueError(f"background must be False, True (threshold {self.bg_threshold} from the bundle) or a "
                          f"threshold in [0, 1]; got {background!r}")
 
-    def predict(self, labels: Any, background: bool | float = False) -> TCLResult:
+    def predict(self, labels: Any, background: bool | float = False, *, state: ImageState | None = None,
+                full_probabilities: bool = False) -> TCLResult:
         """Segment the image given to :meth:`set_image` into ``labels`` (list or 'a,b,c'). ``background``:
         True (the bundle's threshold, 0.4) or a threshold in [0, 1] labels pixels whose best mask is below it
         "background"; False (default): every pixel gets one of ``labels``."""
-        embeds = self._require_image()
+        st = self._require_image(state)
+        embeds = st.encoded
         threshold = self._threshold(background)
         if threshold is not None and BACKGROUND in parse_labels(labels):
             raise ValueError(f"label {BACKGROUND!r} is added by background=...; drop it from the labels or pass "
@@ -80,15 +82,13 @@ class TCLPredictor(TwoPhasePredictor):
         feeds = {"grounding_embeds": embeds["grounding_embeds"], "clip_dense_embeds": embeds["clip_dense_embeds"]}
         masks = self.bundle.run("tcl_head", dict(feeds, text_embeds=text))["masks"][0]
         t2 = time.perf_counter()
-        x = self._input
+        x = st.input
         masks = resize_maps(masks.astype(np.float32), x.shape[2:])
         if self.postprocess:
             masks = pamr(x[0], masks, self.pamr_iterations, self.pamr_dilations)
-        probs = resize_maps(masks, self._size)
+        label_map, probs = self._to_image_size(masks, st.size, full_probabilities, threshold)
         if threshold is not None:
-            probs = np.concatenate([probs, np.full((1,) + probs.shape[1:], threshold, np.float32)])
             names = names + [BACKGROUND]
-        label_map = probs.argmax(0).astype(np.int32)
         t3 = time.perf_counter()
-        timings = self._timings_with(text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        timings = self._timings_with(st, text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return TCLResult(names, label_map, probs, timings, self._provider("tcl_head"), cut, threshold)

@@ -5,7 +5,9 @@ Written against the name-based I/O API that TensorRT 10.3 (JetPack 6, Jetson Ori
 ``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode`` / ``set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3``; nothing that 11.x removed (bindings, ``device_memory_size``). I/O is bound by name from
 the manifest; execution is asynchronous on one CUDA stream; components whose inputs have static shapes replay
-a captured CUDA graph after the first call.
+a captured CUDA graph after the first call. :class:`TrtEngine` is the ``trt`` backend's
+:class:`~.session.Session`: ``spec``, ``provider`` ("TensorRT <version>"), ``run(feeds) -> outputs by name``,
+and device-resident I/O through :meth:`TrtEngine.device_io` (its buffers, context and stream).
 
 Not executed in this repository's CI: TensorRT cannot be installed there. What runs there: the engine-key
 and compatibility logic below (pure Python), and the refusal paths.
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bundle import BundleError
+from .manifest import ComponentEntry, ComponentSpec
+from .session import BundleError
 
 INSTALL_HINT = ("install TensorRT's Python package and cuda-python on the target: JetPack 6 ships TensorRT 10.3 "
                 "(python3-libnvinfer); on servers: pip install tensorrt cuda-python")
@@ -55,10 +59,12 @@ def engine_key(onnx_sha256: str, recipe_hash: str, profile: list[dict], compute_
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def profile_from_spec(component: dict) -> list[dict]:
-    """One optimization profile from a manifest component: min/opt/max per input (fixed shapes repeat)."""
+def profile_from_spec(component: dict | ComponentSpec) -> list[dict]:
+    """One optimization profile from a manifest component entry (dict) or its :class:`ComponentSpec`:
+    ``[{"name", "min", "opt", "max"}]`` per input, shapes as lists (fixed shapes repeat)."""
+    inputs = [t.to_dict() for t in component.inputs] if isinstance(component, ComponentSpec) else component["inputs"]
     prof = []
-    for t in component["inputs"]:
+    for t in inputs:
         fixed = [d for d in t["shape"]] if all(isinstance(d, int) for d in t["shape"]) else None
         if fixed is None and not t.get("min"):
             raise BundleError(f"input {t['name']!r} has dynamic axes {t['shape']} but no min/opt/max in the "
@@ -96,13 +102,30 @@ def _check(result: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else (tuple(rest) or None)
 
 
+@dataclass(frozen=True)
+class TrtDeviceIO:
+    """Device-resident I/O of one engine: ``buffers`` (tensor name -> device pointer, sized for the profile's
+    max shapes), the execution ``context`` (``set_input_shape`` per input, ``get_tensor_shape`` per output) and
+    the CUDA ``stream`` that ``context.execute_async_v3(stream)`` runs on. Writing inputs into the buffers and
+    reading outputs from them (device to device) is the caller's; nothing is synchronized for it."""
+
+    buffers: dict[str, int]
+    context: Any
+    stream: Any
+
+
 class TrtEngine:
     """One deserialized engine with its own execution context, stream and device buffers sized for the
-    profile's max shapes. ``run(feeds)`` has ``onnxruntime.InferenceSession.run``'s contract (name -> array)."""
+    profile's max shapes: the ``trt`` backend's :class:`~.session.Session` (``run(feeds)``: host arrays by
+    input name -> host arrays by output name). ``plan``: the engine file; ``entry``: its manifest component
+    (the engine facts in ``entry.engine`` are checked against this machine first)."""
 
-    def __init__(self, plan: str | Path, component: dict, rebuild: str, cuda_graphs: bool = True):
+    supports_device_io = True
+
+    def __init__(self, plan: str | Path, entry: ComponentEntry, rebuild: str, cuda_graphs: bool = True):
         trt, self.cudart = import_tensorrt(), import_cudart()
-        check_engine(component["engine"], environment(), rebuild)
+        check_engine(entry.engine or {}, environment(), rebuild)
+        self.spec: ComponentSpec = entry.spec
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
@@ -111,28 +134,31 @@ class TrtEngine:
         self.context = self.engine.create_execution_context()
         self.stream = _check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.version = trt.__version__
+        self.provider = f"TensorRT {self.version}"
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        want = [t["name"] for t in component["inputs"]], [t["name"] for t in component["outputs"]]
+        want = self.spec.input_names, self.spec.output_names
         if (self.inputs, self.outputs) != want:
             raise BundleError(f"engine {plan} has I/O {self.inputs} -> {self.outputs}, the manifest {want[0]} -> "
                               f"{want[1]}; {rebuild}")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        for p in profile_from_spec(component):  # size every buffer for the largest shapes
+        for p in profile_from_spec(self.spec):  # size every buffer for the largest shapes
             self.context.set_input_shape(p["name"], tuple(p["max"]))
         self.buffers = {}
         for n in names:
             nbytes = int(np.prod(tuple(self.context.get_tensor_shape(n)))) * self.dtypes[n].itemsize
             self.buffers[n] = _check(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
             self.context.set_tensor_address(n, int(self.buffers[n]))
-        static = all(all(isinstance(d, int) for d in t["shape"]) for t in component["inputs"])
+        static = all(all(isinstance(d, int) for d in t.shape) for t in self.spec.inputs)
         self.use_graph, self.graph_exec, self.warm = cuda_graphs and static, None, False
 
-    def get_providers(self) -> list[str]:
-        return [f"TensorRT {self.version}"]
+    def device_io(self) -> TrtDeviceIO:
+        """The engine's device buffers, context and stream (see :class:`TrtDeviceIO`)."""
+        return TrtDeviceIO({n: int(p) for n, p in self.buffers.items()}, self.context, self.stream)
 
-    def run(self, _output_names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """feeds: input name -> host array; returns output name -> host array (copied back, synchronized)."""
         rt, kind = self.cudart, self.cudart.cudaMemcpyKind
         for n in self.inputs:
             x = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
@@ -153,12 +179,12 @@ class TrtEngine:
             if not self.context.execute_async_v3(self.stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
             self.warm = True
-        outs = []
+        outs = {}
         for n in self.outputs:
             y = np.empty(tuple(self.context.get_tensor_shape(n)), self.dtypes[n])
             _check(rt.cudaMemcpyAsync(y.ctypes.data, self.buffers[n], y.nbytes, kind.cudaMemcpyDeviceToHost,
                                       self.stream), "cudaMemcpyAsync D2H")
-            outs.append(y)
+            outs[n] = y
         _check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return outs
 

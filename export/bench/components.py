@@ -20,12 +20,20 @@ from typing import Callable
 
 import numpy as np
 
+from edgeseg.methods import METHODS
+from edgeseg.runtime.backends import BACKENDS as RUNTIME_BACKENDS
+
 from edgeseg.export.bench.results import device_peak_gflops, latency_stats, make_row, new_document
 
-# component -> the method whose bundle holds it; a case is "<component>/<checkpoint>", the checkpoint anything
-# `edgeseg export <method>` takes (lseg_toy, clip_toy, ViT-B-16 for random weights, ViT-B-16:/path/to/weights.pt)
-COMPONENT_METHOD = {"clip_image": "clip", "clip_text": "clip", "lseg_encoder": "lseg", "lseg_head": "lseg",
-                    "tcl_encoder": "tcl", "tcl_head": "tcl", "ifseg_encoder": "ifseg", "ifseg_head": "ifseg"}
+# component -> the method whose bundle holds it, from the method registry (the plain CLIP towers first, so
+# clip_text is benchmarked from a CLIP bundle; Ref-Diff's components have no bench case yet); a case is
+# "<component>/<checkpoint>", the checkpoint anything `edgeseg export <method>` takes (lseg_toy, clip_toy,
+# ViT-B-16 for random weights, ViT-B-16:/path/to/weights.pt)
+COMPONENT_METHOD: dict[str, str] = {}
+for _m in sorted(METHODS.values(), key=lambda m: m.kind != "embedding"):
+    if _m.kind != "referring":
+        for _c in _m.components:
+            COMPONENT_METHOD.setdefault(_c, _m.name)
 CASES = {  # the named cases: name -> (method, checkpoint, component)
     "lseg_encoder/toy-tiny": ("lseg", "lseg_toy", "lseg_encoder"),
     "lseg_head/toy-tiny": ("lseg", "lseg_toy", "lseg_head"),
@@ -41,12 +49,22 @@ CASES = {  # the named cases: name -> (method, checkpoint, component)
 
 @dataclass(frozen=True)
 class Backend:
+    """One bench backend. Runtime rows are ``<runtime backend>-<precision>`` (``ort-cpu-int8``, ``trt-fp16``)
+    with ``provider`` the runtime backend name (``edgeseg.runtime.backends.BACKENDS``); PyTorch reference rows
+    are ``torch-<device>-<precision | compile...>`` with no provider."""
+
     name: str
-    engine: str  # "torch" | "ort" | "trt"
+    engine: str  # "torch" | "ort" | "trt": the Session kind of ``provider`` for runtime rows
     device: str  # "cpu" | "cuda"
-    precision: str  # "fp32" | "fp16" | "int8"
-    provider: str = ""  # runtime provider for ort/trt
+    precision: str  # "fp32" | "fp16" | "int8" | "int8dyn"
+    provider: str = ""  # runtime backend: "ort-cpu" | "ort-cuda" | "ort-trt" | "trt"
     compile: bool = False
+
+
+def _runtime(backend: str, precision: str) -> Backend:
+    """The bench row of a runtime backend at a precision, named ``<backend>-<precision>``."""
+    info = RUNTIME_BACKENDS[backend]
+    return Backend(f"{backend}-{precision}", info.session, info.device, precision, backend)
 
 
 BACKENDS = {b.name: b for b in (
@@ -55,17 +73,17 @@ BACKENDS = {b.name: b for b in (
     Backend("torch-cuda-fp32", "torch", "cuda", "fp32"),
     Backend("torch-cuda-fp16", "torch", "cuda", "fp16"),
     Backend("torch-cuda-compile-fp16", "torch", "cuda", "fp16", compile=True),
-    Backend("ort-cpu-fp32", "ort", "cpu", "fp32", "cpu"),
-    Backend("ort-cpu-fp16", "ort", "cpu", "fp16", "cpu"),
-    Backend("ort-cpu-int8", "ort", "cpu", "int8", "cpu"),
-    Backend("ort-cpu-int8dyn", "ort", "cpu", "int8dyn", "cpu"),
-    Backend("ort-cuda-fp32", "ort", "cuda", "fp32", "cuda"),
-    Backend("ort-cuda-fp16", "ort", "cuda", "fp16", "cuda"),
-    Backend("ort-cuda-int8", "ort", "cuda", "int8", "cuda"),
-    Backend("ort-trt-fp16", "ort", "cuda", "fp16", "tensorrt"),
-    Backend("ort-trt-int8", "ort", "cuda", "int8", "tensorrt"),
-    Backend("trt-fp16", "trt", "cuda", "fp16", "trt"),
-    Backend("trt-int8", "trt", "cuda", "int8", "trt"),
+    _runtime("ort-cpu", "fp32"),
+    _runtime("ort-cpu", "fp16"),
+    _runtime("ort-cpu", "int8"),
+    _runtime("ort-cpu", "int8dyn"),
+    _runtime("ort-cuda", "fp32"),
+    _runtime("ort-cuda", "fp16"),
+    _runtime("ort-cuda", "int8"),
+    _runtime("ort-trt", "fp16"),
+    _runtime("ort-trt", "int8"),
+    _runtime("trt", "fp16"),
+    _runtime("trt", "int8"),
 )}
 CPU_DEFAULT = ["torch-cpu-fp32", "ort-cpu-fp32", "ort-cpu-int8", "ort-cpu-int8dyn"]
 GPU_DEFAULT = ["torch-cuda-fp32", "torch-cuda-fp16", "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-int8",
@@ -102,8 +120,7 @@ def unavailable_reason(b: Backend) -> str | None:
         if b.engine == "torch" and not torch.cuda.is_available():
             return "no CUDA device"
     if b.engine == "ort":
-        want = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                "tensorrt": "TensorrtExecutionProvider"}[b.provider]
+        want = RUNTIME_BACKENDS[b.provider].ort_provider
         if want not in ort.get_available_providers():
             return f"onnxruntime {ort.__version__} has no {want} (install onnxruntime-gpu on a CUDA machine)"
     if b.engine == "trt":
@@ -222,9 +239,8 @@ def variant_dir(fp32: Path, precision: str, engine: str, progress: bool = True) 
 
     if engine != "trt":
         return ensure_built(fp32, precision, progress=progress)
-    out = default_out(fp32, precision, "tensorrt")
-    return out if (out / "manifest.json").is_file() else build_bundle(fp32, precision, "tensorrt", out,
-                                                                      progress=progress)
+    out = default_out(fp32, precision, "trt")
+    return out if (out / "manifest.json").is_file() else build_bundle(fp32, precision, "trt", out, progress=progress)
 
 
 def bench_components(cases: list[str], backends: list[str] | None = None, batches: tuple[int, ...] = (1,),

@@ -200,7 +200,7 @@ def bench_text_cache(bundle: str | Path, labels: list[str] | None = None, iters:
     from edgeseg.runtime.text import TextEncoder
 
     labels = labels or _default_labels()
-    b = Bundle(bundle, provider="cpu", threads=threads)
+    b = Bundle(bundle, provider="ort-cpu", threads=threads)
     template = b.manifest.get("method_config", {}).get("template", "{}")
     doc = new_document("text-cache", {"bundle": str(bundle), "labels": labels, "iters": iters, "threads": threads,
                                       "baseline": "encode"})

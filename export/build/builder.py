@@ -1,15 +1,16 @@
-"""``edgeseg build BUNDLE --precision fp32|fp16|int8 --backend ort-cpu|ort-cuda|ort-trt|tensorrt``.
+"""``edgeseg build BUNDLE --precision fp32|fp16|int8 --backend ort-cpu|ort-cuda|ort-trt|trt``.
 
 An FP32 bundle (from ``edgeseg export``) -> a new bundle whose ONNX graphs carry the precision (FP16 graph or
 Q/DQ INT8, see ``precision`` and ``quantize``), linted for TensorRT 10.3 and 11, with the recipe, calibration
-source and lint summary in its manifest. ``--backend tensorrt`` also builds one TensorRT engine per component
-(``trt_build``) on this machine's GPU and records the engine-cache key; the other backends are ONNX Runtime
-execution providers that take the ONNX graphs as they are. Output is written to a temporary folder and
-renamed into place.
+source and lint summary in its manifest. ``--backend trt`` also builds one TensorRT engine per component
+(``trt_engines``) on this machine's GPU and records the engine-cache key; the ``ort-*`` backends are ONNX Runtime
+execution providers that take the ONNX graphs as they are. Backend names: ``edgeseg.runtime.backends``
+(``--backend tensorrt``, the old name of ``trt``, still works and warns). Output is written to a temporary
+folder and renamed into place.
 
 Torch-free (onnx + onnxruntime + the runtime), so it also runs on the target device. Two workflows for
 TensorRT: build FP16/INT8 ONNX and engines in one go on the device, or convert on a workstation and pass the
-converted bundle to ``--backend tensorrt`` on the device with the same ``--precision`` (graphs are then copied
+converted bundle to ``--backend trt`` on the device with the same ``--precision`` (graphs are then copied
 unchanged and only the engines are built).
 """
 
@@ -20,7 +21,8 @@ import json
 import shutil
 from pathlib import Path
 
-from edgeseg.runtime.bundle import BACKENDS, MANIFEST, Bundle
+from edgeseg.runtime.backends import BACKENDS, resolve_backend
+from edgeseg.runtime.bundle import MANIFEST, Bundle
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 
 from edgeseg.export.build.lint import TARGETS, lint_file
@@ -28,13 +30,13 @@ from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, convert_fp16
 from edgeseg.export.build.quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
                        quantize_int8, quantize_int8_dynamic)
 
-TRT_BACKENDS = ("ort-trt", "tensorrt")  # lint errors stop these builds
+TRT_BACKENDS = tuple(b.name for b in BACKENDS.values() if b.tensorrt)  # ort-trt, trt: lint errors stop these builds
 
 
 def default_out(src: str | Path, precision: str, backend: str) -> Path:
     """``engines/lseg_toy`` -> ``engines/lseg_toy_fp16`` (``_fp16_trt`` for native TensorRT engines)."""
-    src = Path(src)
-    return src.with_name(f"{src.name}_{precision}" + ("_trt" if backend == "tensorrt" else ""))
+    src, backend = Path(src), resolve_backend(backend, "build")
+    return src.with_name(f"{src.name}_{precision}" + ("_trt" if BACKENDS[backend].engines else ""))
 
 
 def precision_recipe(precision: str, component: dict) -> dict:
@@ -57,18 +59,18 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
                  calib_n: int = DEFAULT_CALIB_N, calib_images: str | Path | None = None, calib_texts: str | Path | None = None,
                  lint_targets: tuple[str, ...] = tuple(TARGETS), trt_options: dict | None = None,
                  progress: bool = True) -> Path:
-    """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder."""
+    """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder.
+    ``backend``: a name of ``edgeseg.runtime.backends.BACKENDS`` (``tensorrt``, the old name of ``trt``, warns)."""
     from tqdm import tqdm
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    backend = resolve_backend(backend, "build")  # UnknownBackendError (a ValueError) names the choices
     if precision == "int8dyn" and backend != "ort-cpu":
         raise ValueError(f"precision int8dyn (ONNX Runtime dynamic quantization, MatMulInteger) runs on the "
                          f"ort-cpu backend only, not {backend!r}: TensorRT cannot build it; use --precision int8 "
                          f"(Q/DQ) for {backend}")
-    source = Bundle(src, provider="cpu")  # checks the manifest and every file hash
+    source = Bundle(src, provider="ort-cpu")  # checks the manifest and every file hash
     man = source.manifest
     have = man.get("precision", "fp32")
     convert = have != precision  # False: graphs copied unchanged (engines for a converted bundle)
@@ -78,7 +80,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
     out = Path(out) if out else default_out(source.path, precision, backend)
     if out.resolve() == source.path.resolve():
         raise ValueError(f"--out {out} is the source bundle; choose another folder")
-    if backend == "tensorrt":
+    if BACKENDS[backend].engines:
         from edgeseg.export.build.trt_engines import require_tensorrt
 
         require_tensorrt()  # fail before any work when TensorRT is absent
@@ -105,7 +107,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
             entry = {k: v for k, v in comp.items() if k != "engine"}  # an engine is rebuilt, never carried over
             entry.update(sha256=sha256_file(dst_file), precision=precision, recipe=recipe, converted=done,
                          recipe_hash=recipe_hash(recipe))
-            if backend == "tensorrt":
+            if BACKENDS[backend].engines:
                 from edgeseg.export.build.trt_engines import build_engine
 
                 entry["engine"] = build_engine(dst_file, entry, tmp, **(trt_options or {}))

@@ -64,7 +64,7 @@ def build_engine(onnx_path: str | Path, component: dict, out_dir: str | Path, op
             "build_seconds": round(seconds, 1), "strongly_typed": True, "builder_optimization_level": opt_level,
             "profile": profile, **env,
             "command": f"edgeseg build <fp32 bundle> --precision {component.get('precision', 'fp32')} "
-                       f"--backend tensorrt  (on the target GPU)"}
+                       f"--backend trt  (on the target GPU)"}
 
 
 def _build(trt: Any, onnx_path: Path, profile: list[dict], opt_level: int, workspace_mib: int | None,

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.runtime.refdiff import RefDiffPredictor
-from edgeseg.runtime.refdiff_scores import ReferMetrics, generative_scores, iou, threshold_proposals
+from edgeseg.runtime.refdiff_scores import ReferMetrics, generative_scores, intersection_union, threshold_proposals
 from edgeseg.train.data.refer import REFER_KINDS, ReferWorld
 from edgeseg.train.data.toyworld import ToyWorldConfig
 
@@ -53,7 +53,7 @@ class RefEvalResult:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter, union = iou(a, b)
+    inter, union = intersection_union(a, b)
     return inter / union if union else 0.0
 
 

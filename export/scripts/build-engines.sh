@@ -44,7 +44,7 @@ for p in $precisions; do
   calib=()
   [ "$p" = int8 ] && [ -n "${CALIB_IMAGES:-}" ] && calib=(--calib-images "$CALIB_IMAGES")
   echo "== $p -> $out"
-  edgeseg build "$bundle" --precision "$p" --backend tensorrt --out "$out" --opt-level "$opt_level" "${calib[@]}"
+  edgeseg build "$bundle" --precision "$p" --backend trt --out "$out" --opt-level "$opt_level" "${calib[@]}"
   edgeseg lint "$out" --target "$lint_target"
   python3 - "$out" <<'PY'
 import sys, time
@@ -52,7 +52,7 @@ import numpy as np
 from edgeseg.runtime import Bundle
 from edgeseg.runtime.trt_backend import profile_from_spec
 folder = sys.argv[1]
-trt, ort = Bundle(folder, provider="trt"), Bundle(folder, provider="cpu")
+trt, ort = Bundle(folder, provider="trt"), Bundle(folder, provider="ort-cpu")
 for name, comp in trt.components.items():
     rng = np.random.default_rng(0)
     feeds = {p["name"]: (rng.integers(1, 1000, p["opt"]) if t["dtype"] == "int64" else

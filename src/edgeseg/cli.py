@@ -14,6 +14,7 @@ from edgeseg.methods import METHODS, methods_of_kind
 def _toyworld(a: argparse.Namespace) -> None:
     from PIL import Image
 
+    from edgeseg.runtime.fileio import atomic_write_bytes
     from edgeseg.runtime.visualize import colorize, save_png
     from edgeseg.train.data.toyworld import CLASSES, ToyWorld, ToyWorldConfig
 
@@ -41,7 +42,7 @@ def _toyworld(a: argparse.Namespace) -> None:
                              "instance_id": k + 1} for k, o in enumerate(s.objects)],
                 "expressions": [{"text": e.text, "target_instance_id": e.target + 1, "kind": e.kind}
                                 for e in s.expressions]}
-        (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_bytes(out / f"{stem}.json", (json.dumps(meta, indent=2) + "\n").encode())
         print(f"{out / stem}.png  {s.expressions[0].text if a.split == 'refer' else s.caption}")
 
 
@@ -107,7 +108,7 @@ def _verify(a: argparse.Namespace) -> None:
     failed = [] if all(r.ok for r in rows) else ["per-output parity (rows marked NO)"]
     report: dict = {"command": "edgeseg " + " ".join(sys.argv[1:]), "bundle": str(target),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "machine": platform.platform(), "onnxruntime": onnxruntime.__version__, "provider": "cpu",
+                    "machine": platform.platform(), "onnxruntime": onnxruntime.__version__, "provider": "ort-cpu",
                     "parity": [r.__dict__ for r in rows]}
     if a.precision or a.task:
         task = task_agreement(target, a.n, a.seed)
@@ -133,11 +134,13 @@ def _verify(a: argparse.Namespace) -> None:
 
 def _build(a: argparse.Namespace) -> None:
     from edgeseg.export.build.builder import build_bundle
+    from edgeseg.runtime.backends import BACKENDS, resolve_backend
 
-    out = build_bundle(a.bundle, a.precision, a.backend, a.out, calib_n=a.calib_n, calib_images=a.calib_images,
-                       calib_texts=a.calib_texts, trt_options={"opt_level": a.opt_level} if a.backend == "tensorrt"
+    backend = resolve_backend(a.backend, "build")  # "tensorrt" (old name) -> "trt", with a warning
+    out = build_bundle(a.bundle, a.precision, backend, a.out, calib_n=a.calib_n, calib_images=a.calib_images,
+                       calib_texts=a.calib_texts, trt_options={"opt_level": a.opt_level} if BACKENDS[backend].engines
                        else None)
-    print(f"wrote {a.precision} bundle {out} (backend {a.backend})")
+    print(f"wrote {a.precision} bundle {out} (backend {backend})")
 
 
 def _lint(a: argparse.Namespace) -> None:
@@ -157,13 +160,15 @@ def _lint(a: argparse.Namespace) -> None:
 def _segment(a: argparse.Namespace) -> None:
     from edgeseg.runtime.images import load_image
     from edgeseg.runtime.predictors import load_predictor
-    from edgeseg.runtime.visualize import overlay, save_png
+    from edgeseg.runtime.visualize import image_format, overlay, save_image
 
+    image_format(a.out)
     pred = load_predictor(a.bundle, a.method, provider=a.provider, cache_dir=a.cache_dir,
                           postprocess=not a.no_post)
-    image = load_image(a.image)
+    image = load_image(a.image, max_pixels=a.max_pixels)
     res = pred.segment(image, a.labels)
-    save_png(overlay(image, res.label_map, res.labels, title=", ".join(res.labels)), a.out)
+    save_image(overlay(image, res.label_map, res.labels, title=", ".join(res.labels), max_width=a.max_overlay_width),
+               a.out)
     share = {l: round(float((res.label_map == i).mean()), 4) for i, l in enumerate(res.labels)}
     print(json.dumps({"out": a.out, "pixel_share": share, "timings_ms": {k: round(v, 2) for k, v in
                       res.timings_ms.items()}, "provider": res.provider, "truncated_labels": res.truncated_labels}))
@@ -172,19 +177,20 @@ def _segment(a: argparse.Namespace) -> None:
 def _refer(a: argparse.Namespace) -> None:
     from edgeseg.runtime.images import load_image
     from edgeseg.runtime.refdiff import RefDiffPredictor
-    from edgeseg.runtime.visualize import refer_overlay, save_png
+    from edgeseg.runtime.visualize import image_format, refer_overlay, save_image
 
+    image_format(a.out)
     options = {k: v for k, v in (("proposals", a.proposals), ("single_t", a.single_t), ("seed", a.seed)) if v is not None}
     if a.no_parser:
         options["parser"] = None
     pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, **options)
-    image = load_image(a.image)
+    image = load_image(a.image, max_pixels=a.max_pixels)
     pred.set_image(image)
     results = pred.predict_many(a.expression)
-    outs = [a.out] if len(results) == 1 else [str(Path(a.out).with_name(f"{Path(a.out).stem}_{i}.png"))
+    outs = [a.out] if len(results) == 1 else [str(Path(a.out).with_name(f"{Path(a.out).stem}_{i}{Path(a.out).suffix}"))
                                               for i in range(len(results))]
     for res, out in zip(results, outs):
-        save_png(refer_overlay(image, res, top=a.top), out)
+        save_image(refer_overlay(image, res, top=a.top, max_width=a.max_overlay_width), out)
         print(json.dumps({"out": out, "expression": res.expression, "target_word": res.target_word,
                           "parser": res.parsed.parser, "directions": res.parsed.directions,
                           "mask_pixels": int(res.mask.sum()), "proposals": len(res.proposals),
@@ -263,6 +269,16 @@ def _methods_help(kind: str | None = None) -> str:
     return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values() if kind in (None, m.kind))
 
 
+def _image_limits(s: argparse.ArgumentParser) -> None:
+    from edgeseg.runtime.images import DEFAULT_MAX_PIXELS
+    from edgeseg.runtime.visualize import MAX_OVERLAY_WIDTH
+
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger input images (default {DEFAULT_MAX_PIXELS:,}: fits in memory)")
+    s.add_argument("--max-overlay-width", type=int, default=MAX_OVERLAY_WIDTH,
+                   help=f"the overlay's width is at most this many pixels (default {MAX_OVERLAY_WIDTH})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -308,18 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the report here")
     s.set_defaults(fn=_verify)
 
+    from edgeseg.runtime.backends import BACKENDS, BUILD_CHOICES, PROVIDER_CHOICES, describe
+
+    backends = "{" + ",".join(BACKENDS) + "}"  # old spellings are accepted (with a warning) but not advertised
     s = sub.add_parser("build", help="FP32 bundle -> FP16 / INT8 bundle (and TensorRT engines)")
     s.add_argument("bundle", help="an FP32 bundle folder (edgeseg export ...)")
     s.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8", "int8dyn"],
                    help="int8: Q/DQ (portable: ONNX Runtime, TensorRT); int8dyn: ONNX Runtime CPU dynamic INT8 "
                         "(fastest on CPU, ort-cpu only)")
-    s.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"],
-                   help="tensorrt builds engines on this machine's GPU (needs TensorRT 10.3+ / 11)")
-    s.add_argument("--out", help="default: BUNDLE_<precision> (BUNDLE_<precision>_trt for tensorrt)")
+    s.add_argument("--backend", default="ort-cpu", choices=BUILD_CHOICES, metavar=backends,
+                   help=f"what the bundle is built for ({describe()}); trt builds engines on this machine's GPU "
+                        f"(needs TensorRT 10.3+ / 11); 'tensorrt' is the old name of trt")
+    s.add_argument("--out", help="default: BUNDLE_<precision> (BUNDLE_<precision>_trt for trt)")
     s.add_argument("--calib-n", type=int, default=64, help="int8: calibration images (and up to 4x texts)")
     s.add_argument("--calib-images", help="int8: a folder of your images (default: ToyWorld scenes)")
     s.add_argument("--calib-texts", help="int8: a text file, one prompt per line (default: ToyWorld texts)")
-    s.add_argument("--opt-level", type=int, default=3, help="tensorrt: builder optimization level 0-5")
+    s.add_argument("--opt-level", type=int, default=3, help="trt: TensorRT builder optimization level 0-5")
     s.set_defaults(fn=_build)
 
     s = sub.add_parser("lint", help="TensorRT-compatibility lint of an ONNX file or every file of a bundle")
@@ -334,9 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=methods_of_kind("segmentation"),
                    help="check the bundle holds this method (default: the bundle's)")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
-    s.add_argument("--out", default="overlay.png")
-    s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"],
-                   help="default: the backend the bundle was built for (cpu for exports)")
+    s.add_argument("--out", default="overlay.png", help="overlay image (.png, .jpg, .webp)")
+    _image_limits(s)
+    s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
+                   help="the backend to run on; default: the one the bundle was built for (ort-cpu for exports); "
+                        "the old names cpu, cuda, tensorrt (= ort-cpu, ort-cuda, ort-trt) still work and warn")
     s.add_argument("--cache-dir", default="default", help="text-embedding cache folder ('default' or a path)")
     s.set_defaults(fn=_segment)
 
@@ -344,13 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("expression", nargs="+", help='one or more expressions, e.g. "the red circle on the left"')
     s.add_argument("--bundle", default="engines/refdiff_toy")
-    s.add_argument("--out", default="refer.png", help="overlay PNG (several expressions: OUT_0.png, OUT_1.png...)")
+    s.add_argument("--out", default="refer.png", help="overlay image, .png, .jpg or .webp (several expressions: "
+                                                       "OUT_0.png, OUT_1.png...)")
+    _image_limits(s)
     s.add_argument("--proposals", choices=["sam", "thresholds", "both"], help="default: the bundle's (sam)")
     s.add_argument("--single-t", type=int, help="the paper's single-timestep mode at this t (default: DDIM steps)")
     s.add_argument("--seed", type=int, help="DDIM noise seed (default: the bundle's)")
     s.add_argument("--top", type=int, default=3, help="proposals drawn in the overlay")
     s.add_argument("--no-parser", action="store_true", help="skip spaCy: the parser-free target-word rule")
-    s.add_argument("--provider", choices=["cpu", "cuda", "tensorrt", "trt"])
+    s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
+                   help="the backend to run on (default: the bundle's)")
     s.add_argument("--cache-dir", default="default", help="text cache folder ('default' or a path)")
     s.set_defaults(fn=_refer)
 

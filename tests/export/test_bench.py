@@ -144,3 +144,24 @@ def test_flops_counted_from_the_graph(tmp_path):
         count_flops(path, {"image": (1, 4, 7, 7)})
     with pytest.raises(ValueError, match="rank 4"):
         count_flops(path, {"x": (1, 4, 7)})
+
+
+def test_bench_backend_names_follow_the_runtime_vocabulary():
+    """Runtime rows are <runtime backend>-<precision> with a backend of edgeseg.runtime.backends; the committed
+    result documents name only known rows, so edgeseg bench compare / report keep reading them."""
+    from pathlib import Path
+
+    from edgeseg.export.bench.components import BACKENDS
+    from edgeseg.runtime.backends import BACKENDS as RUNTIME_BACKENDS
+
+    for name, b in BACKENDS.items():
+        if b.engine == "torch":
+            assert name.startswith(f"torch-{b.device}-") and not b.provider, name
+        else:
+            assert b.provider in RUNTIME_BACKENDS and name == f"{b.provider}-{b.precision}", name
+            assert b.engine == RUNTIME_BACKENDS[b.provider].session and b.device == RUNTIME_BACKENDS[b.provider].device
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for path in sorted(results.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("benchmark") in ("components", "pipeline"):
+            assert {r["backend"] for r in load_document(path)["rows"]} <= set(BACKENDS), path.name

@@ -35,7 +35,7 @@ def test_int8dyn_fidelity_and_manifest(dyn):
 
 
 def test_int8dyn_is_refused_for_tensorrt_backends(lseg_bundle, tmp_path):
-    for backend in ("ort-trt", "tensorrt", "ort-cuda"):
+    for backend in ("ort-trt", "trt", "ort-cuda"):
         with pytest.raises(ValueError, match="ort-cpu backend only"):
             build_bundle(lseg_bundle, "int8dyn", backend, tmp_path / backend, progress=False)
     assert not any(tmp_path.iterdir())

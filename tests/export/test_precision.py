@@ -209,11 +209,11 @@ def test_backend_picks_the_provider_without_silent_fallback(lseg_bundle, tmp_pat
 
     out = build_bundle(lseg_bundle, "fp16", "ort-cuda", out=tmp_path / "cuda", progress=False)
     b = Bundle(out)
-    assert b.provider == "cuda" and Bundle(out).manifest["backend"] == "ort-cuda"
+    assert b.provider == "ort-cuda" and Bundle(out).manifest["backend"] == "ort-cuda"
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(RuntimeError, match="provider 'cuda' .* is not available .* provider='cpu'"):
+        with pytest.raises(RuntimeError, match="provider 'ort-cuda' .* is not available .* provider='ort-cpu'"):
             b.session("lseg_head")
-    cpu = Bundle(out, provider="cpu")
+    cpu = Bundle(out, provider="ort-cpu")
     x = np.zeros((1, 128, 48, 48), np.float32)
     x[:, 0] = 1
     t = np.eye(2, 128, dtype=np.float32)

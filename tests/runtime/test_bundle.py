@@ -95,6 +95,6 @@ def test_provider_is_never_swapped_silently(lseg_bundle):
         Bundle(lseg_bundle, provider="gpu")
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the unavailable-provider error cannot be provoked")
-    b = Bundle(lseg_bundle, provider="cuda")
-    with pytest.raises(RuntimeError, match=r"'cuda'.*not available.*onnxruntime-gpu"):
+    b = Bundle(lseg_bundle, provider="ort-cuda")
+    with pytest.raises(RuntimeError, match=r"'ort-cuda'.*not available.*onnxruntime-gpu"):
         b.session("lseg_head")

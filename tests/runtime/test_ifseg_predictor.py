@@ -24,7 +24,7 @@ def test_predict_before_set_image(predictor):
 
 @pytest.mark.parametrize("bad, err, msg", [
     (np.zeros((96, 96, 3), np.float32), ValueError, "dtype float32"),
-    (np.zeros((96, 96), np.uint8), ValueError, r"shape \(96, 96\)"),
+    (np.zeros((96, 96, 2), np.uint8), ValueError, r"shape \(96, 96, 2\)"),
     ([[0, 1]], TypeError, "type list is not supported"),
     ("does/not/exist.png", FileNotFoundError, "not found"),
 ])
@@ -55,13 +55,18 @@ def test_bad_knn_settings(ifseg_bundle, text_cache, kwargs, msg):
         IFSegPredictor(ifseg_bundle, cache_dir=text_cache, **kwargs)
 
 
+def ifseg_bundle_grid(predictor) -> tuple[int, int]:
+    return predictor.bundle.spec("ifseg_head").input("dense_embeds").shape[2:]
+
+
 def test_result_and_registry(ifseg_bundle, predictor, text_cache, tmp_path):
     scene = ToyWorld("all", 3)[0]
     path = tmp_path / "scene.png"
     Image.fromarray(scene.image).save(path)
     r = predictor.segment(scene.image, LABELS)
     assert r.labels == LABELS and r.label_map.shape == (96, 96) and r.label_map.dtype == np.int32
-    assert r.probabilities.shape == (14, 96, 96) and r.probabilities.dtype == np.float32
+    grid = tuple(ifseg_bundle_grid(predictor))
+    assert r.probabilities.shape == (14, *grid) and r.probabilities.dtype == np.float32  # the head's resolution
     assert np.allclose(r.probabilities.sum(0), 1, atol=1e-4)
     assert set(r.timings_ms) == {"preprocess", "encoder", "text", "head", "postprocess"}
     assert r.provider == "CPUExecutionProvider" and r.postprocess and r.truncated_labels == []
@@ -78,11 +83,12 @@ def test_postprocess_is_knn_on_the_head_softmax(ifseg_bundle, text_cache):
     on = IFSegPredictor(ifseg_bundle, cache_dir=text_cache)
     off = IFSegPredictor(ifseg_bundle, cache_dir=text_cache, postprocess=False)
     k1 = IFSegPredictor(ifseg_bundle, cache_dir=text_cache, knn_k=1)
-    r_on, r_off, r_k1 = (p.segment(scene.image, LABELS) for p in (on, off, k1))
+    r_on, r_off, r_k1 = (p.segment(scene.image, LABELS, full_probabilities=True) for p in (on, off, k1))
     assert not r_off.postprocess
     assert np.allclose(r_k1.probabilities, r_off.probabilities, atol=1e-6)
-    dense = on._dense[0]
-    logits = on.bundle.run("ifseg_head", {"dense_embeds": on._dense, "text_embeds": on.text.embed(LABELS)})["logits"][0]
+    features = on.encode(scene.image).encoded["dense_embeds"]
+    dense = features[0]
+    logits = on.bundle.run("ifseg_head", {"dense_embeds": features, "text_embeds": on.text.embed(LABELS)})["logits"][0]
     probs = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
     assert np.allclose(resize_maps(probs.astype(np.float32), (96, 96)), r_off.probabilities, atol=1e-5)
     want = resize_maps(knn_refine(probs, dense, 3, 25), (96, 96))

@@ -23,7 +23,7 @@ def test_predict_before_set_image(predictor):
 
 @pytest.mark.parametrize("bad, err, msg", [
     (np.zeros((96, 96, 3), np.float32), ValueError, "dtype float32.*astype"),
-    (np.zeros((96, 96), np.uint8), ValueError, r"shape \(96, 96\)"),
+    (np.zeros((96, 96, 2), np.uint8), ValueError, r"shape \(96, 96, 2\)"),
     (np.zeros((3, 96, 96), np.uint8), ValueError, "channels last"),
     ([[0, 1]], TypeError, "type list is not supported"),
     ("does/not/exist.png", FileNotFoundError, "not found"),

@@ -12,7 +12,7 @@ def test_manifest_picks_the_predictor_and_it_segments(request, method, text_cach
 
     pred = load_predictor(request.getfixturevalue(f"{method}_bundle"), cache_dir=text_cache, postprocess=False)
     assert type(pred) is PREDICTORS[method] and list_methods() == ["ifseg", "lseg", "tcl"]
-    res = pred.segment(ToyWorld("all", 3)[0].image, "circle,grass,sky")
+    res = pred.segment(ToyWorld("all", 3)[0].image, "circle,grass,sky", full_probabilities=True)
     assert res.label_map.shape == (96, 96) and res.probabilities.shape == (3, 96, 96)
     assert {"preprocess", "encoder", "text", "head", "postprocess"} <= set(res.timings_ms)
 

@@ -1,5 +1,7 @@
 """RefDiffPredictor (numpy + ONNX Runtime) against the PyTorch reference pipeline; batching; bad inputs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -108,9 +110,11 @@ def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, 
 def test_no_proposal_at_all_falls_back_to_the_whole_image(refdiff_bundle, samples, monkeypatch):
     p = RefDiffPredictor(refdiff_bundle, cache_dir=None, proposals="thresholds")
     p.set_image(samples[0].scene.image)
-    monkeypatch.setattr(p, "_attention", lambda states, tokens: [np.zeros(p._size, np.float32) for _ in tokens])
+    monkeypatch.setattr(p.localizer, "attention",
+                        lambda latent, states, tokens, size: np.zeros((len(tokens), *size), np.float32))
     res = p.predict("the green cross")  # a flat map has no threshold proposal
     assert res.sources == ["image"] and res.mask.all() and any("no proposal at all" in w for w in res.warnings)
-    p._sam = p._sam[:0]  # no SAM mask survived: the SAM source falls back to the thresholds, and says so
+    # no SAM mask survived: the SAM source falls back to the thresholds, and says so
+    p.state = dataclasses.replace(p.state, sam=p.state.sam[:0])
     res = p.predict("the green cross", proposals="sam")
     assert any("no SAM proposal survived" in w for w in res.warnings) and res.sources == ["image"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime.refdiff_scores import (THRESHOLDS, ReferMetrics, discriminative_scores, generative_scores,
-                                            masked_crops, normalize_map, patch_masks, threshold_proposals)
+                                            intersection_union, masked_crops, normalize_map, patch_masks,
+                                            threshold_proposals)
 
 
 def test_thresholds_are_5_to_95_percent():
@@ -71,3 +72,11 @@ def test_oiou_is_cumulative_and_miou_per_expression():
     m.update(np.zeros_like(gt_small), gt_small)  # IoU 0 on 1 pixel
     assert m.miou == pytest.approx(0.5)
     assert m.oiou == pytest.approx(50 / 51)
+
+
+def test_intersection_union_counts_pixels():
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2] = True  # 8 pixels
+    b[1:3] = True  # 8 pixels, 4 shared
+    assert intersection_union(a, b) == (4, 12)
+    assert intersection_union(a, np.zeros_like(a)) == (0, 8)

@@ -96,7 +96,14 @@ def test_other_image_sizes_come_back_at_their_size(predictor, scene):
 
     big = np.asarray(Image.fromarray(scene.image).resize((150, 120)))
     res = predictor.segment(big, LABELS)
-    assert res.label_map.shape == (120, 150) and res.probabilities.shape == (14, 120, 150)
+    assert res.label_map.shape == (120, 150) and res.probabilities.shape == (14, 96, 96)  # the model's resolution
+    full = predictor.segment(big, LABELS, full_probabilities=True)
+    assert full.probabilities.shape == (14, 120, 150)
+    assert np.array_equal(full.label_map, res.label_map) and np.array_equal(full.label_map, full.probabilities.argmax(0))
+    bg = predictor.segment(big, LABELS, background=True)
+    bg_full = predictor.segment(big, LABELS, background=True, full_probabilities=True)
+    assert np.array_equal(bg.label_map, bg_full.label_map) and np.array_equal(bg_full.label_map,
+                                                                             bg_full.probabilities.argmax(0))
 
 
 def test_runtime_agrees_with_pytorch(tcl_bundle, tmp_path):

@@ -48,17 +48,17 @@ def test_profile_from_manifest_spec(lseg_bundle):
 
 def test_engine_for_another_tensorrt_or_gpu_is_refused():
     engine = {"file": "lseg_encoder.plan", "tensorrt": "10.3.0", "compute_capability": "8.7", "gpu": "Orin",
-              "command": "edgeseg build engines/lseg_toy --precision fp16 --backend tensorrt"}
+              "command": "edgeseg build engines/lseg_toy --precision fp16 --backend trt"}
     check_engine(engine, {"tensorrt": "10.3.0", "compute_capability": "8.7"}, "rebuild")
     with pytest.raises(BundleError, match=r"TensorRT version 10.3.0 .* this machine has 11.1.0 .* edgeseg build "
-                                          r"engines/lseg_toy --precision fp16 --backend tensorrt"):
+                                          r"engines/lseg_toy --precision fp16 --backend trt"):
         check_engine(engine, {"tensorrt": "11.1.0", "compute_capability": "8.7", "gpu": "x"}, "rebuild")
     with pytest.raises(BundleError, match="GPU compute capability 8.7 .* this machine has 9.0"):
         check_engine(engine, {"tensorrt": "10.3.0", "compute_capability": "9.0", "gpu": "H100"}, "rebuild")
 
 
 def test_trt_provider_needs_engines_in_the_manifest(lseg_bundle):
-    with pytest.raises(BundleError, match="has no TensorRT engine .* --backend tensorrt"):
+    with pytest.raises(BundleError, match="has no TensorRT engine .* --backend trt "):
         Bundle(lseg_bundle, provider="trt")
 
 
@@ -66,7 +66,7 @@ def test_missing_or_tampered_engine_file_is_refused(lseg_bundle, tmp_path):
     folder = tmp_path / "b"
     shutil.copytree(lseg_bundle, folder)
     man = json.loads((folder / "manifest.json").read_text())
-    man["backend"] = "tensorrt"
+    man["backend"] = "tensorrt"  # the old name of native engines, as older builds wrote it: reads as trt
     for name, comp in man["components"].items():
         comp["engine"] = {"file": f"{name}.plan", "sha256": "0" * 64, "command": "edgeseg build X --backend tensorrt"}
     (folder / "manifest.json").write_text(json.dumps(man))
@@ -83,7 +83,7 @@ def test_tensorrt_build_without_tensorrt_says_what_to_install(lseg_bundle, tmp_p
     from edgeseg.export.build.builder import build_bundle
 
     with pytest.raises(ImportError, match="TensorRT is not installed .* pip install tensorrt cuda-python"):
-        build_bundle(lseg_bundle, "fp16", "tensorrt", out=tmp_path / "trt", progress=False)
+        build_bundle(lseg_bundle, "fp16", "trt", out=tmp_path / "trt", progress=False)
     assert not (tmp_path / "trt").exists()
 
 
@@ -97,22 +97,23 @@ def test_tensorrt_engines_match_onnxruntime(lseg_bundle, tmp_path, precision):
     from edgeseg.export.verify import compare
 
     cache = {"cache_dir": tmp_path / "engine-cache"}
-    out = build_bundle(lseg_bundle, precision, "tensorrt", out=tmp_path / "trt", trt_options=cache, progress=False)
-    onnx_side = Bundle(out, provider="cpu")
+    out = build_bundle(lseg_bundle, precision, "trt", out=tmp_path / "trt", trt_options=cache, progress=False)
+    onnx_side = Bundle(out, provider="ort-cpu")
     trt_side = Bundle(out)
     x = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
     a = onnx_side.run("lseg_encoder", {"image": x})["pixel_embeds"]
     b = trt_side.run("lseg_encoder", {"image": x})["pixel_embeds"]
     assert compare(a, b)[1] > 0.99
-    again = build_bundle(lseg_bundle, precision, "tensorrt", out=tmp_path / "trt2", trt_options=cache, progress=False)
-    assert all(c["engine"]["cache_hit"] for c in Bundle(again, provider="cpu").components.values())
+    again = build_bundle(lseg_bundle, precision, "trt", out=tmp_path / "trt2", trt_options=cache, progress=False)
+    assert all(c["engine"]["cache_hit"] for c in Bundle(again, provider="ort-cpu").components.values())
 
 
 def test_ort_tensorrt_ep_options_carry_the_manifest_profile(lseg_bundle):
-    from edgeseg.runtime.bundle import _ort_trt_options
+    from edgeseg.runtime.session import _ort_trt_options
 
-    comp = Bundle(lseg_bundle).component("lseg_head")
-    opts = _ort_trt_options(comp)
+    b = Bundle(lseg_bundle)
+    comp = b.component("lseg_head")
+    opts = _ort_trt_options(b.entry("lseg_head"))
     assert opts["trt_profile_max_shapes"] == ",".join(
         f"{t['name']}:{'x'.join(map(str, t['max']))}" for t in comp["inputs"])
     assert opts["trt_int8_enable"] == "False" and comp["sha256"][:16] in opts["trt_engine_cache_path"]

@@ -1,0 +1,185 @@
+"""Ref-Diff's generative branch as a stage of its own: the attention localizer (``sd_text`` + ``vae_encoder`` +
+``unet_attn`` + the numpy DDIM of :mod:`edgeseg.runtime.ddim`).
+
+    loc = AttentionLocalizer(bundle)                      # options default to the bundle's method_config
+    latent = loc.encode(image)                            # 1 x C x h x w float32 (VAE latent, scaled)
+    parsed = [parse_expression("the red circle on the left")]
+    targets = loc.target_tokens(parsed)                   # the SD token whose cross-attention is read
+    states = loc.text_states([p.text for p in parsed])    # N x 77 x D float32 (cached per text)
+    c = loc.attention(latent, states, targets.indices, image.shape[:2])   # N x H x W float32 in [0, 1]
+
+The latent is noised to the first DDIM timestep (``steps`` x ``strength``, or the one timestep ``single_t``); the
+UNet runs the unconditional and conditional halves in one batch (classifier-free guidance ``guidance``) and
+returns its cross-attention probabilities averaged over heads and layers; each target token's map, averaged over
+the steps, min-max normalized at the attention grid and resized to the image, is ``c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import Bundle
+from .cache import TextEmbeddingCache
+from .ddim import DDIMSchedule
+from .images import preprocess, resize_maps
+from .refdiff_options import check_options
+from .refdiff_scores import normalize_map
+from .refer_text import ParsedExpression, target_token_index
+from .text import default_cache_dir
+from .tokenizer import ClipTokenizer
+
+# The localizer's options (the manifest's method_config overrides them, keyword arguments override both).
+LOCALIZER_DEFAULTS: dict[str, Any] = {"guidance": 9.0, "steps": 20, "strength": 0.1, "single_t": None, "seed": 0}
+
+
+def open_bundle(bundle: Bundle | str | Path, provider: str | None, components: Sequence[str], stage: str) -> Bundle:
+    """``bundle`` as a :class:`Bundle` (a folder is loaded with ``provider``), checked to hold ``components``."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
+    missing = [c for c in components if c not in b.components]
+    if missing:
+        raise ValueError(f"{stage} needs the components {list(components)}; bundle {b.path} ({b.method}) lacks "
+                         f"{missing}: export a Ref-Diff bundle (edgeseg export refdiff toy --out DIR)")
+    return b
+
+
+def stage_options(stage: str, defaults: dict[str, Any], config: dict, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A stage's options: ``defaults`` < the bundle's ``method_config`` < ``overrides`` (unknown keys refused)."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {stage} option(s) {unknown}; known: {sorted(defaults)}")
+    return check_options({k: config.get(k, v) for k, v in defaults.items()} | overrides)
+
+
+@dataclass
+class TargetTokens:
+    """Where each expression's target word is read in the SD text row (its last BPE piece).
+
+    ``indices``: N ints in [1, 75]; ``truncated``: the text was cut at the context length; ``lost``: the target
+    itself lay past the cut, so the last kept token (context_length - 2) stands in for it."""
+
+    indices: list[int]
+    truncated: list[bool]
+    lost: list[bool]
+
+
+class AttentionLocalizer:
+    """``AttentionLocalizer(bundle, cache_dir="default", provider=None, **options)``: image latents and the guided-DDIM
+    cross-attention maps ``c`` of target tokens. Options: guidance, steps, strength, single_t, seed
+    (:data:`LOCALIZER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments).
+
+    Owns the SD tokenizer, the SD text-state cache (by ``sd_text`` hash; ``cache_dir`` a folder, "default" or None
+    for memory only) and the unconditional (empty prompt) states."""
+
+    COMPONENTS = ("sd_text", "vae_encoder", "unet_attn")  # the bundle components this stage runs
+
+    def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
+                 provider: str | None = None, **options: Any):
+        self.bundle = open_bundle(bundle, provider, self.COMPONENTS, type(self).__name__)
+        self.config: dict = self.bundle.manifest.get("method_config", {})
+        self.options = stage_options(type(self).__name__, LOCALIZER_DEFAULTS, self.config, options)
+        self.schedule = DDIMSchedule.from_config(self.config["scheduler"])
+        o = self.options
+        if o["single_t"] is None and not len(self.schedule.timesteps(int(o["steps"]), float(o["strength"]))):
+            raise ValueError(f"Ref-Diff options steps={o['steps']} x strength={o['strength']} leave no DDIM step "
+                             f"(int(steps * strength) must be >= 1); raise strength or steps, or set single_t")
+        if o["single_t"] is not None and not o["single_t"] < self.schedule.num_train_timesteps:
+            raise ValueError(f"Ref-Diff option single_t={o['single_t']}: must be below the scheduler's "
+                             f"{self.schedule.num_train_timesteps} training timesteps")
+        self.grid: tuple[int, int] = tuple(self.config["attention"]["grid"])  # type: ignore[assignment]
+        self.sd_tokenizer = ClipTokenizer.from_manifest(self.bundle.manifest["sd_tokenizer"], self.bundle.path)
+        root = default_cache_dir() if cache_dir == "default" else cache_dir
+        self.sd_cache = TextEmbeddingCache(self._encode_sd, self.bundle.component_hash("sd_text"), root)
+        self._uncond: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ image
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> 1 x 3 x H' x W' float32 in [-1, 1] (the manifest's ``vae_preprocessing``)."""
+        return preprocess(image, self.config["vae_preprocessing"])
+
+    def encode_input(self, x: np.ndarray) -> np.ndarray:
+        """1 x 3 x H' x W' preprocessed image -> 1 x C x h x w float32 latent (scaled by the VAE's factor)."""
+        return self.bundle.run("vae_encoder", {"image": x})["latent"]
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> 1 x C x h x w float32 latent: :meth:`preprocess` then :meth:`encode_input`."""
+        return self.encode_input(self.preprocess(image))
+
+    # ------------------------------------------------------------------ text
+    def target_tokens(self, parsed: Sequence[ParsedExpression]) -> TargetTokens:
+        """The SD token index of each target word (its last BPE piece), whether the text was truncated, and
+        whether the target itself was cut off (then the last kept token stands in)."""
+        cut = self.sd_tokenizer.truncated([p.text for p in parsed])
+        found = [target_token_index(self.sd_tokenizer, p.text, p.target_char_span) for p in parsed]
+        last = self.sd_tokenizer.context_length - 2
+        return TargetTokens([last if i is None else i for i in found], cut, [i is None for i in found])
+
+    def text_states(self, texts: list[str]) -> np.ndarray:
+        """N texts -> N x 77 x D float32 SD text-encoder hidden states, through the text cache."""
+        out = self.bundle.spec("sd_text").output("hidden_states")
+        return self.sd_cache.get(texts).reshape(len(texts), int(out.shape[1]), int(out.shape[2]))
+
+    def _encode_sd(self, prompts: list[str]) -> np.ndarray:
+        """SD text encoder hidden states, flattened for the text cache: M x (77 * D) float32."""
+        ids = self.sd_tokenizer(prompts)
+        limit = self.bundle.spec("sd_text").input("input_ids").max[0]
+        outs = [self.bundle.run("sd_text", {"input_ids": ids[i:i + limit]})["hidden_states"]
+                for i in range(0, len(ids), limit)]
+        return np.concatenate(outs).reshape(len(ids), -1).astype(np.float32)
+
+    def uncond_states(self) -> np.ndarray:
+        """Hidden states of the empty prompt (sot, then eot/padding), 1 x 77 x D float32; computed once."""
+        if self._uncond is None:
+            t = self.sd_tokenizer
+            ids = np.full((1, t.context_length), t.pad_id, np.int64)
+            ids[0, 0], ids[0, 1] = t.sot_id, t.eot_id
+            self._uncond = self.bundle.run("sd_text", {"input_ids": ids})["hidden_states"]
+        return self._uncond
+
+    # ------------------------------------------------------------------ attention
+    def timesteps(self) -> list[int]:
+        """The DDIM timesteps run, first (noisiest) first: ``[single_t]`` or the last ``steps x strength``."""
+        o = self.options
+        if o["single_t"] is not None:
+            return [int(o["single_t"])]
+        return list(self.schedule.timesteps(int(o["steps"]), float(o["strength"])))
+
+    def attention(self, latent: np.ndarray, states: np.ndarray, tokens: Sequence[int],
+                  size: tuple[int, int]) -> np.ndarray:
+        """The generative branch for N expressions -> N x H x W float32 maps ``c`` in [0, 1].
+
+        latent: 1 x C x h x w (:meth:`encode`); states: N x 77 x D (:meth:`text_states`); tokens: N indices into
+        the 77-token row (:meth:`target_tokens`); size: (H, W) of the image the maps are resized to. The
+        expressions go through the UNet in batches of half its largest batch (unconditional + conditional)."""
+        if len(states) != len(tokens):
+            raise ValueError(f"got {len(states)} text states but {len(tokens)} target tokens; give one token per "
+                             f"expression")
+        o = self.options
+        unet = self.bundle.spec("unet_attn")
+        limit = max(1, unet.input("sample").max[0] // 2)
+        t_dtype = np.dtype(unet.input("timestep").dtype)
+        width = int(unet.output("attn").shape[1])
+        steps = self.timesteps()
+        noise = np.random.default_rng(int(o["seed"])).standard_normal(latent.shape).astype(np.float32)
+        maps = []
+        for s in range(0, len(tokens), limit):
+            cond = states[s:s + limit]
+            n = len(cond)
+            ctx = np.concatenate([np.repeat(self.uncond_states(), n, 0), cond]).astype(np.float32)
+            x = np.repeat(self.schedule.add_noise(latent, noise, steps[0]), n, 0)
+            acc = np.zeros((n, width), np.float32)
+            for k, t in enumerate(steps):
+                out = self.bundle.run("unet_attn", {"sample": np.concatenate([x, x]),
+                                                    "timestep": np.full(2 * n, t, t_dtype),
+                                                    "encoder_hidden_states": ctx})
+                uncond, cond_eps = np.split(out["noise_pred"], 2)
+                acc += out["attn"][n + np.arange(n), :, list(tokens[s:s + n])]
+                if k + 1 < len(steps):
+                    x = self.schedule.step(uncond + o["guidance"] * (cond_eps - uncond), t, x)
+            for a in acc / len(steps):
+                small = normalize_map(a.reshape(self.grid))
+                maps.append(np.clip(resize_maps(small[None], size)[0], 0.0, 1.0))
+        return np.stack(maps) if maps else np.zeros((0, *size), np.float32)

@@ -1,0 +1,68 @@
+"""Every Ref-Diff option checked at construction (type, range, finiteness), one line naming the option, what
+it got and what it takes, so a bad value fails before any image is encoded.
+
+    check_options({"alpha": 2.0})    # ValueError: Ref-Diff option alpha=2.0: must be a finite number in [0, 1]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _number(lo: float | None, hi: float | None, lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            return False
+        return (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+
+    left = "(" if lo_open else "["
+    rng = f" in {left}{lo}, {hi}]" if hi is not None else (f" > {lo}" if lo_open else f" >= {lo}")
+    return ok, f"must be a finite number{rng}"
+
+
+def _integer(lo: int, hi: int | None = None, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if v is None:
+            return optional
+        return (not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= lo
+                and (hi is None or v <= hi))
+
+    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    return ok, f"must be an int {rng}" + (" or None" if optional else "")
+
+
+def _choice(*values: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, (str, type(None))) and v in values), f"must be one of {list(values)}"
+
+
+def _parser() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or (isinstance(v, str) and bool(v.strip()))), \
+        "must be a spaCy pipeline name or None (the parser-free rule)"
+
+
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "alpha": _number(0.0, 1.0),
+    "beta": _number(0.0, 1.0),
+    "guidance": _number(0.0, 100.0),
+    "steps": _integer(1, 1000),
+    "strength": _number(0.0, 1.0, lo_open=True),
+    "single_t": _integer(0, 999, optional=True),
+    "seed": _integer(0),
+    "proposals": _choice("sam", "thresholds", "both"),
+    "hard_branch": _choice("mask", "crop"),
+    "position_bias": _choice("hard", "soft", "both"),
+    "parser": _parser(),
+}
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Raise ValueError for the first option (known to :data:`CHECKS`) whose value is not allowed."""
+    for name, value in options.items():
+        if name in CHECKS:
+            ok, rule = CHECKS[name]
+            if not ok(value):
+                raise ValueError(f"Ref-Diff option {name}={value!r}: {rule}")
+    return options

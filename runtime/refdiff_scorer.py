@@ -1,0 +1,152 @@
+"""Ref-Diff's proposal scorer as a stage of its own: CLIP embeddings of proposals (``clip_masked``), the
+expression's text embedding (``clip_text``) and the scores of :mod:`edgeseg.runtime.refdiff_scores`.
+
+    scorer = ProposalScorer(bundle)                       # alpha, beta, hard_branch, position_bias options
+    p = parse_expression("the red circle on the left")
+    scores = scorer.score(image, c, masks, p)             # ProposalScores: generative, discriminative, total (N)
+    scores.best                                           # index of the best proposal
+
+Discriminative branch: v = beta f_M(x * P) + (1 - beta) f(x * M), where the soft branch f_M reads CLIP's patch
+tokens inside the proposal's patch mask and the hard branch f sees x * M (``hard_branch="mask"``) or the box crop
+(``"crop"``); the position bias P of the expression's direction words multiplies the input of the branch(es) named
+by ``position_bias`` ("hard" as the released code, "soft" as the paper's formula, "both"). s^D = cos(v, r) with r
+the mean of the unit-norm embeddings of the expression and its target phrase. s = alpha s^G + (1 - alpha) s^D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle
+from .images import preprocess
+from .refdiff_localize import open_bundle, stage_options
+from .refdiff_scores import discriminative_scores, generative_scores, masked_crops, patch_masks
+from .refer_text import ParsedExpression, position_bias
+from .text import TextEncoder
+
+# The scorer's options (the manifest's method_config overrides them, keyword arguments override both).
+SCORER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "beta": 0.3, "hard_branch": "mask", "position_bias": "hard"}
+# Where P multiplies the image: the released code's hard branch (default, as its DDIM settings), the paper's
+# formula v = beta f_M(x*P) + (1 - beta) f(x*M) (soft), or both.
+BIAS_BRANCHES = ("hard", "soft", "both")
+
+
+@dataclass
+class ProposalEmbeddings:
+    """CLIP embeddings of N proposals, unit norm: ``masked`` N x D (soft branch f_M(x * P)) and ``crop`` N x D
+    (hard branch f(x * M) or of the box crop)."""
+
+    masked: np.ndarray
+    crop: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.masked)
+
+    @staticmethod
+    def concat(parts: Sequence["ProposalEmbeddings"]) -> "ProposalEmbeddings":
+        """The embeddings of several proposal groups, in order."""
+        return ProposalEmbeddings(np.concatenate([p.masked for p in parts]), np.concatenate([p.crop for p in parts]))
+
+
+@dataclass
+class ProposalScores:
+    """Per-proposal scores, N float32 each: ``generative`` s^G, ``discriminative`` s^D, ``total`` s."""
+
+    generative: np.ndarray
+    discriminative: np.ndarray
+    total: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the best-scoring proposal (the first of equal ones)."""
+        return int(np.argmax(self.total))
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """{"generative", "discriminative", "total"}: the form of ``RefDiffResult.scores``."""
+        return {"generative": self.generative, "discriminative": self.discriminative, "total": self.total}
+
+
+class ProposalScorer:
+    """``ProposalScorer(bundle, cache_dir="default", provider=None, **options)``: scores of proposals for a parsed
+    expression. Options: alpha, beta, hard_branch ("mask", "crop"), position_bias (:data:`BIAS_BRANCHES`);
+    defaults :data:`SCORER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments.
+
+    Text embeddings go through the persistent text cache (``cache_dir``: a folder, "default" or None); proposal
+    embeddings are memoized in a dict the caller keeps per image (``memo`` / ``key`` of :meth:`embed`)."""
+
+    COMPONENTS = ("clip_text", "clip_masked")  # the bundle components this stage runs
+
+    def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
+                 provider: str | None = None, **options: Any):
+        self.bundle = open_bundle(bundle, provider, self.COMPONENTS, type(self).__name__)
+        self.config: dict = self.bundle.manifest.get("method_config", {})
+        self.options = stage_options(type(self).__name__, SCORER_DEFAULTS, self.config, options)
+        if self.options["position_bias"] not in BIAS_BRANCHES:
+            raise ValueError(f"position_bias {self.options['position_bias']!r} is not one of {BIAS_BRANCHES}")
+        self.text = TextEncoder(self.bundle, cache_dir)
+
+    # ------------------------------------------------------------------ text
+    def text_embeddings(self, parsed: Sequence[ParsedExpression]) -> np.ndarray:
+        """N parsed expressions -> N x D float32 unit-norm r: the mean of the CLIP embeddings of the expression
+        and of its target phrase (one batched, cached ``clip_text`` call for all)."""
+        texts = self.text.embed([s for p in parsed for s in (p.text, p.target_phrase)])
+        out = []
+        for t in texts.reshape(len(parsed), 2, -1):
+            r = t.mean(0)
+            out.append(r / max(float(np.linalg.norm(r)), 1e-12))
+        return np.stack(out)
+
+    # ------------------------------------------------------------------ proposals
+    def embed(self, image: np.ndarray, masks: np.ndarray, directions: Sequence[str] = (),
+              memo: dict | None = None, key: Hashable | None = None) -> ProposalEmbeddings:
+        """CLIP embeddings of N proposals ``masks`` (N x H x W bool) of ``image`` (H x W x 3 uint8), the
+        position bias P of ``directions`` applied to the branch(es) ``position_bias`` names. With a ``memo``
+        dict and a ``key`` (e.g. ``("sam", tuple(directions))``) the result is looked up / stored there: keep
+        one memo per image, since the key does not see the pixels."""
+        if memo is not None and key is not None and key in memo:
+            return memo[key]
+        if not len(masks):
+            raise ValueError("no proposal to embed: give at least one H x W mask")
+        prep = self.bundle.preprocessing
+        spec = self.bundle.spec("clip_masked").input("patch_masks")
+        grid, limit = tuple(spec.shape[1:]), spec.max[0]
+        where = self.options["position_bias"]
+        bias = position_bias(list(directions), *image.shape[:2])
+        biased = np.clip(image * bias[..., None], 0, 255).astype(np.uint8)
+        x = preprocess(biased if where in ("soft", "both") else image, prep)
+        pm = patch_masks(masks, grid)  # type: ignore[arg-type]
+        crops = masked_crops(biased if where in ("hard", "both") else image, masks, self.options["hard_branch"])
+        soft, hard = [], []
+        for s in range(0, len(masks), limit):
+            batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + limit]])
+            out = self.bundle.run("clip_masked", {"image": x, "patch_masks": pm[s:s + limit], "crops": batch})
+            soft.append(out["masked_embeds"])
+            hard.append(out["crop_embeds"])
+        res = ProposalEmbeddings(np.concatenate(soft), np.concatenate(hard))
+        if memo is not None and key is not None:
+            memo[key] = res
+        return res
+
+    def scores(self, c: np.ndarray, masks: np.ndarray, embeddings: ProposalEmbeddings,
+               text: np.ndarray) -> ProposalScores:
+        """s^G of ``masks`` (N x H x W bool) on the attention map ``c`` (H x W float32 in [0, 1]), s^D of their
+        ``embeddings`` against ``text`` (r, D unit norm, :meth:`text_embeddings`) and s = alpha s^G +
+        (1 - alpha) s^D."""
+        if len(masks) != len(embeddings):
+            raise ValueError(f"got {len(masks)} masks but {len(embeddings)} proposal embeddings; embed the same "
+                             f"masks that are scored")
+        alpha = float(self.options["alpha"])
+        s_g = generative_scores(c, masks)
+        s_d = discriminative_scores(embeddings.masked, embeddings.crop, text, float(self.options["beta"]))
+        return ProposalScores(s_g, s_d, (alpha * s_g + (1.0 - alpha) * s_d).astype(np.float32))
+
+    def score(self, image: np.ndarray, c: np.ndarray, masks: np.ndarray, parsed: ParsedExpression,
+              memo: dict | None = None, key: Hashable | None = None) -> ProposalScores:
+        """Everything for one expression: r of ``parsed``, the embeddings of ``masks`` (N x H x W bool, at least
+        one) under ``parsed.directions`` and their scores on ``c`` (H x W float32 in [0, 1])."""
+        emb = self.embed(image, masks, tuple(parsed.directions), memo, key)
+        return self.scores(c, masks, emb, self.text_embeddings([parsed])[0])
