@@ -94,10 +94,20 @@ def recover(path: str | Path) -> list[str]:
     return done
 
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder; a file standing where a folder of the path must be is named in the error."""
+    for p in [path.parent, *path.parent.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{p} is a file, so {path} cannot be written", str(path))
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` (parents created) through a temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     recover(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:

@@ -35,7 +35,7 @@ class IFSegResult(LSegResult):
 
 
 class IFSegPredictor(TwoPhasePredictor):
-    METHOD, ENCODER = "ifseg", "ifseg_encoder"
+    METHOD, ENCODER, HEAD = "ifseg", "ifseg_encoder", "ifseg_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, postprocess: bool = True, knn_k: int | None = None,

@@ -40,7 +40,7 @@ class LSegResult:
 
 
 class LSegPredictor(TwoPhasePredictor):
-    METHOD, ENCODER = "lseg", "lseg_encoder"
+    METHOD, ENCODER, HEAD = "lseg", "lseg_encoder", "lseg_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, postprocess: bool = True):

@@ -88,6 +88,7 @@ class TwoPhasePredictor(ABC):
 
     METHOD = ""  # the manifest's "method"
     ENCODER = ""  # the component set_image runs on the 1x3xHxW image
+    HEAD = ""  # the component predict runs with the text embeddings (its "text_embeds" input bounds the labels)
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None):
@@ -129,6 +130,11 @@ class TwoPhasePredictor(ABC):
     def _embed_labels(self, labels: Any) -> tuple[list[str], np.ndarray, list[str], float]:
         """(labels, N x D unit-norm text embeddings through the cache, labels cut at the context length, ms)."""
         names = parse_labels(labels)
+        bound = self.bundle.spec(self.HEAD).input("text_embeds").max if self.HEAD else ()
+        most = bound[0] if bound else None
+        if most is not None and len(names) > most:
+            raise ValueError(f"{len(names)} labels given; this bundle's {self.HEAD} takes at most {most} per call "
+                             f"(the manifest's max): segment with fewer labels, or re-export with a larger max")
         t0 = time.perf_counter()
         text = self.text.embed(names, self.template)
         cut = self.text.tokenizer.truncated([self.template.format(n) for n in names])

@@ -27,6 +27,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .images import load_image
+from .masks import MaskSet
 from .refdiff_localize import LOCALIZER_DEFAULTS, AttentionLocalizer
 from .refdiff_options import check_options
 from .refdiff_proposals import ProposalGenerator
@@ -46,7 +47,7 @@ class RefDiffResult:
     expression: str
     mask: np.ndarray  # H x W bool: the best-scoring proposal
     best: int  # index into proposals
-    proposals: np.ndarray  # N x H x W bool
+    proposals: MaskSet  # the N proposals scored, held as boxes + crops: proposals[i] is H x W bool, .full() N x H x W
     sources: list[str]  # per proposal: "sam", "threshold" (or "image" when there was no proposal at all)
     scores: dict[str, np.ndarray]  # "generative" s^G, "discriminative" s^D, "total" s; N float32 each
     attention: np.ndarray  # H x W float32 in [0, 1]: the target token's normalized cross-attention c
@@ -248,5 +249,6 @@ class RefDiffPredictor:
         masks = np.concatenate([m for m, _, _ in groups])
         scores = self.scorer.scores(c, masks, emb, r)
         best = scores.best
-        return RefDiffResult(p.text, masks[best], best, masks, srcs, scores.as_dict(), c, p.target_word, token,
-                             p, warnings=warnings, timings_ms={"score": (time.perf_counter() - t0) * 1e3})
+        return RefDiffResult(p.text, masks[best].copy(), best, MaskSet.from_masks(masks), srcs, scores.as_dict(), c,
+                             p.target_word, token, p, warnings=warnings,
+                             timings_ms={"score": (time.perf_counter() - t0) * 1e3})

@@ -39,7 +39,7 @@ class TCLResult(LSegResult):
 
 
 class TCLPredictor(TwoPhasePredictor):
-    METHOD, ENCODER = "tcl", "tcl_encoder"
+    METHOD, ENCODER, HEAD = "tcl", "tcl_encoder", "tcl_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, postprocess: bool = True, pamr_iterations: int | None = None,

@@ -82,7 +82,7 @@ def eval_refdiff(bundle: str | Path, n: int = 200, seed: int = 0, cache_dir="def
         th = threshold_proposals(res.attention)
         gen = th[int(np.argmax(generative_scores(res.attention, th)))] if len(th) else np.zeros_like(gt)
         empty = np.zeros_like(gt)
-        areas = props.reshape(len(props), -1).sum(1)
+        areas = props.areas
         picks = {
             "generative": gen,
             "discriminative": props[sam[int(np.argmax(res.scores["discriminative"][sam]))]] if sam else empty,

@@ -269,27 +269,50 @@ def _methods_help(kind: str | None = None) -> str:
     return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values() if kind in (None, m.kind))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+    return v
+
+
 def _image_limits(s: argparse.ArgumentParser) -> None:
     from edgeseg.runtime.images import DEFAULT_MAX_PIXELS
     from edgeseg.runtime.visualize import MAX_OVERLAY_WIDTH
 
-    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    s.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger input images (default {DEFAULT_MAX_PIXELS:,}: fits in memory)")
-    s.add_argument("--max-overlay-width", type=int, default=MAX_OVERLAY_WIDTH,
+    s.add_argument("--max-overlay-width", type=_positive_int, default=MAX_OVERLAY_WIDTH,
                    help=f"the overlay's width is at most this many pixels (default {MAX_OVERLAY_WIDTH})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("toyworld", help="write ToyWorld scenes (image, masks, JSON)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--n", type=_positive_int, default=4)
     s.add_argument("--split", default="all", help="all, train, seen, unseen, clip; refer: the referring split "
                                                    "(its expression first in the JSON)")
-    s.add_argument("--size", type=int, default=96)
+    s.add_argument("--size", type=_positive_int, default=96)
     s.set_defaults(fn=_toyworld)
 
     s = sub.add_parser("train", help="train the tiny ToyWorld models (CLIP, LSeg, IFSeg, TCL, and Ref-Diff's LDM "
@@ -297,10 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["clip", "lseg", "ifseg", "tcl", "ldm", "sam"])
     s.add_argument("--out")
     s.add_argument("--clip", default="clip_toy", help="CLIP checkpoint for LSeg / IFSeg (default: bundled clip_toy)")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--batch", type=int)
+    s.add_argument("--steps", type=_positive_int)
+    s.add_argument("--batch", type=_positive_int)
     s.add_argument("--lr", type=float)
-    s.add_argument("--warmup", type=int)
+    s.add_argument("--warmup", type=_non_negative_int)
     s.add_argument("--init", help="lseg only: continue training from this LSeg checkpoint")
     s.set_defaults(fn=_train)
 
@@ -319,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", action="store_true", help="also report task-level agreement for an FP32 bundle")
     s.add_argument("--polygraphy", action="store_true", help="also compare each ONNX graph with its FP32 source "
                                                              "through polygraphy (ONNX Runtime CPU)")
-    s.add_argument("--n", type=int, default=100, help="ToyWorld scenes for the task-level agreement")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_positive_int, default=100, help="ToyWorld scenes for the task-level agreement")
+    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--json", help="write the report here")
     s.set_defaults(fn=_verify)
 
@@ -336,10 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"what the bundle is built for ({describe()}); trt builds engines on this machine's GPU "
                         f"(needs TensorRT 10.3+ / 11); 'tensorrt' is the old name of trt")
     s.add_argument("--out", help="default: BUNDLE_<precision> (BUNDLE_<precision>_trt for trt)")
-    s.add_argument("--calib-n", type=int, default=64, help="int8: calibration images (and up to 4x texts)")
+    s.add_argument("--calib-n", type=_positive_int, default=64, help="int8: calibration images (and up to 4x texts)")
     s.add_argument("--calib-images", help="int8: a folder of your images (default: ToyWorld scenes)")
     s.add_argument("--calib-texts", help="int8: a text file, one prompt per line (default: ToyWorld texts)")
-    s.add_argument("--opt-level", type=int, default=3, help="trt: TensorRT builder optimization level 0-5")
+    s.add_argument("--opt-level", type=_non_negative_int, default=3, help="trt: TensorRT builder optimization level 0-5")
     s.set_defaults(fn=_build)
 
     s = sub.add_parser("lint", help="TensorRT-compatibility lint of an ONNX file or every file of a bundle")
@@ -370,9 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "OUT_0.png, OUT_1.png...)")
     _image_limits(s)
     s.add_argument("--proposals", choices=["sam", "thresholds", "both"], help="default: the bundle's (sam)")
-    s.add_argument("--single-t", type=int, help="the paper's single-timestep mode at this t (default: DDIM steps)")
-    s.add_argument("--seed", type=int, help="DDIM noise seed (default: the bundle's)")
-    s.add_argument("--top", type=int, default=3, help="proposals drawn in the overlay")
+    s.add_argument("--single-t", type=_non_negative_int, help="the paper's single-timestep mode at this t (default: DDIM steps)")
+    s.add_argument("--seed", type=_non_negative_int, help="DDIM noise seed (default: the bundle's)")
+    s.add_argument("--top", type=_positive_int, default=3, help="proposals drawn in the overlay")
     s.add_argument("--no-parser", action="store_true", help="skip spaCy: the parser-free target-word rule")
     s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
                    help="the backend to run on (default: the bundle's)")
@@ -385,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", help="default: engines/<method>_toy")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
     s.add_argument("--split", default="seen", choices=["seen", "unseen", "generalized"])
-    s.add_argument("--n", type=int, default=200)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_positive_int, default=200)
+    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--compare-torch", metavar="CHECKPOINT", help="also report runtime-vs-PyTorch agreement")
     s.add_argument("--position-bias", choices=["soft", "hard", "both"],
                    help="refdiff: the branch whose input is x*P (default: the bundle's, hard as the released "
@@ -397,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="bundled checkpoints -> bundle -> overlays + report")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--bundle", default="engines/lseg_toy")
-    s.add_argument("--n", type=int, default=50, help="scenes per eval split")
+    s.add_argument("--n", type=_positive_int, default=50, help="scenes per eval split")
     s.set_defaults(fn=_demo)
 
     s = sub.add_parser("bench", help="latency benchmarks: JSON + markdown + PNG under benchmarks/results/",
@@ -411,11 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "bundle (default engines/lseg_toy); compare: A.json B.json")
     s.add_argument("--backends", nargs="+", help="default: torch-cpu-fp32 ort-cpu-fp32 ort-cpu-int8 (CPU) or the "
                                                   "CUDA/TensorRT set (GPU); see bench_components.BACKENDS")
-    s.add_argument("--batch", type=int, nargs="+", default=[1], help="components: batch sizes")
+    s.add_argument("--batch", type=_positive_int, nargs="+", default=[1], help="components: batch sizes")
     s.add_argument("--labels", help="pipeline / text-cache: comma-separated (default: the 14 ToyWorld classes)")
-    s.add_argument("--iters", type=int, default=20)
-    s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--iters", type=_positive_int, default=20)
+    s.add_argument("--warmup", type=_non_negative_int, default=3)
+    s.add_argument("--threads", type=_positive_int, default=2)
     s.add_argument("--no-memory", action="store_true", help="components: skip the per-backend memory subprocess")
     s.add_argument("--workdir", help="components: keep exported/built bundles here for reuse (default: temporary)")
     s.add_argument("--out", help="default: benchmarks/results/<what>.json")
@@ -424,11 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. A user's mistake ends with one line ``edgeseg CMD: error: ...`` and exit status 1
+    (2 for a wrong command line); a bug keeps its traceback (``--debug`` / ``EDGESEG_DEBUG=1``: always)."""
+    import os
+
+    from edgeseg.errors import user_message
+
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError, ImportError) as e:
-        sys.exit(f"edgeseg {args.command}: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"edgeseg {args.command}: interrupted")
+    except Exception as e:  # noqa: BLE001 - sorted into a user's mistake (one line) or a bug (traceback)
+        message = None if args.debug or os.environ.get("EDGESEG_DEBUG") else user_message(e)
+        if message is None:
+            raise
+        sys.exit(f"edgeseg {args.command}: error: {message}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_runtime_equals_pytorch_reference(pred, samples):
     for s in samples[:3]:
         pred.set_image(s.scene.image)
         res = pred.predict(s.expression.text)
-        want = ref(s.scene.image, s.expression.text, res.proposals, res.target_token, res.parsed.target_phrase,
+        want = ref(s.scene.image, s.expression.text, res.proposals.full(), res.target_token, res.parsed.target_phrase,
                    res.parsed.directions)
         assert np.abs(res.attention - want["attention"]).max() < 1e-4
         for k in ("generative", "discriminative", "total"):
@@ -102,7 +102,7 @@ def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, 
     p.set_image(s.scene.image)
     res = p.predict(s.expression.text)
     assert res.parsed.directions
-    want = TorchRefDiff("toy", position_bias=where)(s.scene.image, s.expression.text, res.proposals,
+    want = TorchRefDiff("toy", position_bias=where)(s.scene.image, s.expression.text, res.proposals.full(),
                                                     res.target_token, res.parsed.target_phrase, res.parsed.directions)
     np.testing.assert_allclose(res.scores["discriminative"], want["discriminative"], atol=1e-4)
 

@@ -85,13 +85,13 @@ def test_scorer_alone_gives_the_predictors_scores(refdiff_bundle, pred, samples,
     s = samples[2]
     pred.set_image(s.scene.image)
     res = pred.predict(expression or s.expression.text)
-    got = scorer.score(s.scene.image, res.attention, res.proposals, res.parsed)
+    got = scorer.score(s.scene.image, res.attention, res.proposals.full(), res.parsed)
     assert isinstance(got, ProposalScores) and got.best == res.best
     for k, v in got.as_dict().items():
         assert np.array_equal(v, res.scores[k]), k
     emb = scorer.embed(s.scene.image, res.proposals[:1])
     with pytest.raises(ValueError, match="embed the same masks"):
-        scorer.scores(res.attention, res.proposals, emb, scorer.text_embeddings([res.parsed])[0])
+        scorer.scores(res.attention, res.proposals.full(), emb, scorer.text_embeddings([res.parsed])[0])
 
 
 def test_predictor_takes_built_stages(refdiff_bundle, pred, samples):
