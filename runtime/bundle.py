@@ -1,10 +1,14 @@
 """Bundles: a folder of ONNX files + ``manifest.json``. The runtime trusts the manifest only after checking it.
 
-Checks on load: the manifest parses and has this runtime's format; every component file exists and its
-sha256 matches. Checks when a component's :class:`~.session.Session` opens: the model has exactly the
-manifest's input/output names and dtypes; the backend asked for is the one that runs it (ONNX Runtime would
-otherwise fall back to CPU silently); a TensorRT engine matches this machine's TensorRT version and GPU
-(``trt_backend.check_engine``).
+Checks on load: the manifest parses, is an object of this runtime's format, and every number the runtime reads
+is valid (:mod:`.manifest`, :mod:`.manifest_checks`); every file it names (component graphs, their ONNX
+external data, tokenizers, TensorRT engines) is a plain name that resolves inside the bundle folder (symlinks
+included), exists, and matches its sha256; every external-data file an ONNX graph refers to is listed in the
+manifest (read from the graph's protobuf by :mod:`.integrity`, no onnx package needed). Checks when a
+component's :class:`~.session.Session` opens: the model has exactly the manifest's input/output names and
+dtypes; the backend asked for is the one that runs it (ONNX Runtime would otherwise fall back to CPU silently);
+a TensorRT engine matches this machine's TensorRT version and GPU (``trt_backend.check_engine``). Checks on
+every :meth:`Bundle.run`: each input's dtype, rank, fixed dims and the min/max of its dynamic axes.
 
 Backends (:mod:`.backends`, one vocabulary for build, runtime, bench and CLI): ``ort-cpu``, ``ort-cuda``,
 ``ort-trt`` run the ONNX graphs on ONNX Runtime with its CPU / CUDA / TensorRT execution provider; ``trt`` runs
@@ -23,7 +27,8 @@ import numpy as np
 
 from .backends import BACKENDS, resolve_backend
 from .fileio import sha256_file
-from .manifest import ComponentEntry, ComponentSpec, Manifest, ManifestError
+from .integrity import external_data_locations, inside
+from .manifest import ComponentEntry, ComponentSpec, Manifest, ManifestError, tokenizer_keys
 from .session import BundleError, Session, open_session
 
 __all__ = ["BACKENDS", "MANIFEST", "Bundle", "BundleError", "FORMAT", "FORMAT_VERSION"]
@@ -38,6 +43,7 @@ class Bundle:
     ``provider``: a backend name of :data:`~.backends.BACKENDS` (``ort-cpu``, ``ort-cuda``, ``ort-trt``,
     ``trt``; old spellings warn) or None for the bundle's own backend; ``self.provider`` holds the canonical
     name. No fallback: if the backend is unavailable or does not take the model, loading fails and says so.
+    ``check_hashes=False`` skips the sha256 comparisons (names, containment and completeness are still checked).
     """
 
     def __init__(self, path: str | Path, provider: str | None = None, threads: int | None = None,
@@ -50,14 +56,18 @@ class Bundle:
         if not mpath.is_file():
             raise BundleError(f"{self.path} has no {MANIFEST}: not a bundle, or an interrupted export; {rebuild}")
         try:
-            self.manifest: dict = json.loads(mpath.read_text())
+            manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath} is not valid JSON ({e}); {rebuild}") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{mpath} has format {self.manifest.get('format')!r} v{self.manifest.get('format_version')}"
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{mpath} holds a JSON {type(manifest).__name__} ({json.dumps(manifest)[:40]}), not an "
+                              f"object: not a bundle manifest; {rebuild}")
+        self.manifest: dict = manifest
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{mpath} has format {manifest.get('format')!r} v{manifest.get('format_version')}"
                               f", this runtime reads {FORMAT!r} v{FORMAT_VERSION}; {rebuild}")
         try:
-            self.view = Manifest.from_dict(self.manifest)
+            self.view = Manifest.from_dict(manifest)
         except ManifestError as e:
             raise BundleError(f"{mpath}: {e}; {rebuild}") from None
         backend = self.view.backend  # the manifest's, old spellings mapped ("tensorrt" -> "trt")
@@ -67,35 +77,78 @@ class Bundle:
         self.provider, self.threads, self._rebuild = provider, threads, rebuild
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()  # sessions are opened once even when threads ask at the same time
-        for name, comp in self.components.items():
-            f = self.path / comp["file"]
-            if not f.is_file():
-                raise BundleError(f"component {name!r}: file {f} is missing; {rebuild}")
-            if check_hashes and sha256_file(f) != comp["sha256"]:
-                raise BundleError(f"component {name!r}: {f} does not match the sha256 in the manifest (corrupt or "
-                                  f"replaced file); {rebuild}")
-            if BACKENDS[provider].engines:
-                engine = comp.get("engine")
+        self._check_files(check_hashes)
+
+    # ------------------------------------------------------------------ load-time checks
+    def file(self, name: str, field: str = "file") -> Path:
+        """The path of a file the manifest names, refused (BundleError) unless it lies inside the bundle."""
+        try:
+            return inside(self.path, name, field)
+        except ValueError as e:
+            raise BundleError(f"{self.path / MANIFEST}: {e}; {self._rebuild}") from None
+
+    def _check_file(self, path: Path, sha256: str, what: str, check_hashes: bool) -> None:
+        if not path.is_file():
+            raise BundleError(f"{what}: file {path} is missing; {self._rebuild}")
+        if check_hashes and sha256_file(path) != sha256:
+            raise BundleError(f"{what}: {path} does not match the sha256 in the manifest (corrupt or replaced "
+                              f"file); {self._rebuild}")
+
+    def _check_files(self, check_hashes: bool) -> None:
+        mpath = self.path / MANIFEST
+        for name, entry in self.view.components.items():
+            graph = self.file(entry.file, f"components.{name}.file")
+            self._check_file(graph, entry.sha256, f"component {name!r}", check_hashes)
+            for i, ext in enumerate(entry.external_data):
+                f = self.file(ext.file, f"components.{name}.external_data[{i}].file")
+                self._check_file(f, ext.sha256, f"component {name!r} (external data)", check_hashes)
+            self._check_external_data(entry, graph)
+            engine = entry.engine
+            if engine is not None:
+                self.file(engine["file"], f"components.{name}.engine.file")
+            if BACKENDS[self.provider].engines:
                 if not engine:
                     raise BundleError(f"component {name!r} has no TensorRT engine in {mpath}; build one on the "
-                                      f"target GPU: edgeseg build <fp32 bundle> --backend {provider} "
-                                      f"--precision {comp.get('precision', 'fp32')}")
+                                      f"target GPU: edgeseg build <fp32 bundle> --backend {self.provider} "
+                                      f"--precision {entry.precision}")
                 e = self.path / engine["file"]
                 if not e.is_file() or (check_hashes and sha256_file(e) != engine["sha256"]):
                     raise BundleError(f"component {name!r}: engine {e} is missing or does not match its sha256; "
-                                      f"rebuild it: {engine.get('command', f'edgeseg build ... --backend {provider}')}")
+                                      f"rebuild it: {engine.get('command', f'edgeseg build ... --backend {self.provider}')}")
+        checked: set[tuple[str, str]] = set()  # Ref-Diff's two tokenizer entries share one file
+        for key in tokenizer_keys(self.manifest):
+            tok = self.manifest[key]
+            f = self.file(tok["file"], f"{key}.file")
+            if (tok["file"], tok["sha256"]) not in checked:
+                self._check_file(f, tok["sha256"], f"tokenizer {key!r}", check_hashes)
+                checked.add((tok["file"], tok["sha256"]))
 
+    def _check_external_data(self, entry: ComponentEntry, graph: Path) -> None:
+        """The external-data files the graph refers to must be exactly the ones the manifest lists (and hashes)."""
+        refs = external_data_locations(graph)
+        if refs is None:  # not a protobuf: ONNX Runtime refuses it with its own error when the session opens
+            return
+        listed = [e.file for e in entry.external_data]
+        unlisted, unused = [r for r in refs if r not in listed], [x for x in listed if x not in refs]
+        if unlisted:
+            raise BundleError(f"component {entry.name!r}: {entry.file} loads external data {unlisted} that the "
+                              f"manifest does not list with a sha256 (unverifiable weights); {self._rebuild}")
+        if unused:
+            raise BundleError(f"component {entry.name!r}: the manifest lists external data {unused} that "
+                              f"{entry.file} does not use; manifest and model do not belong together; {self._rebuild}")
+
+    # ------------------------------------------------------------------ the manifest, read
     @property
     def components(self) -> dict[str, dict]:
         return self.manifest["components"]
 
     @property
     def method(self) -> str:
-        return self.manifest["method"]
+        return self.view.method
 
     @property
     def preprocessing(self) -> dict:
-        return self.manifest["preprocessing"]
+        return self.view.preprocessing
 
     def component_hash(self, name: str) -> str:
         return self.component(name)["sha256"]
@@ -112,10 +165,18 @@ class Bundle:
         return self.view.components[name].spec
 
     def entry(self, name: str) -> ComponentEntry:
-        """The typed manifest entry of a component (file, sha256, precision, spec, engine)."""
+        """The typed manifest entry of a component (file, sha256, precision, spec, external data, engine)."""
         self.component(name)
         return self.view.components[name]
 
+    def tokenizer_facts(self, key: str = "tokenizer") -> dict:
+        """A checked tokenizer entry of the manifest (``tokenizer``, or Ref-Diff's ``sd_tokenizer``)."""
+        if key not in tokenizer_keys(self.manifest):
+            raise BundleError(f"bundle {self.path} ({self.method}) has no {key!r} entry in its manifest; "
+                              f"{self._rebuild}")
+        return self.manifest[key]
+
+    # ------------------------------------------------------------------ running
     def session(self, name: str) -> Session:
         """The :class:`~.session.Session` of a component on this bundle's backend, opened on first use (and
         checked against the manifest then)."""
@@ -124,13 +185,14 @@ class Bundle:
         with self._lock:
             if name not in self._sessions:
                 entry = self.entry(name)
-                model = entry.engine["file"] if BACKENDS[self.provider].engines else entry.file
-                self._sessions[name] = open_session(self.provider, self.path / model, entry, self.threads,
+                model = entry.engine["file"] if BACKENDS[self.provider].engines and entry.engine else entry.file
+                self._sessions[name] = open_session(self.provider, self.file(model), entry, self.threads,
                                                     self._rebuild)
         return self._sessions[name]
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a component. feeds: input name -> array; returns output name -> array."""
+        """Run a component. feeds: input name -> array (dtype, rank, fixed dims and the min/max of the dynamic
+        axes checked against the manifest); returns output name -> array."""
         spec = self.spec(name)
         for t in spec.inputs:
             if t.name not in feeds:
@@ -139,10 +201,17 @@ class Bundle:
             if str(arr.dtype) != t.dtype or arr.ndim != len(t.shape):
                 raise ValueError(f"component {name!r} input {t.name!r}: got {arr.dtype} {arr.shape}, expected "
                                  f"{t.dtype} with shape {list(t.shape)}")
+            for axis, (n, dim) in enumerate(zip(arr.shape, t.shape)):
+                if isinstance(dim, int) and n != dim:
+                    raise ValueError(f"component {name!r} input {t.name!r} axis {axis} is {n}; the manifest fixes "
+                                     f"it at {dim} (shape {list(t.shape)})")
+                if t.min and not t.min[axis] <= n <= t.max[axis]:
+                    raise ValueError(f"component {name!r} input {t.name!r} axis {axis} ({dim}) is {n}, outside the "
+                                     f"manifest's range [{t.min[axis]}, {t.max[axis]}]; split the input into "
+                                     f"chunks within it")
         return self.session(name).run({t.name: feeds[t.name] for t in spec.inputs})
 
     @property
     def providers_used(self) -> dict[str, str]:
         """component -> what runs it (``Session.provider``), for the sessions opened so far."""
         return {n: s.provider for n, s in dict(self._sessions).items()}  # a copy: other threads may be adding
-

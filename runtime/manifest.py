@@ -6,9 +6,14 @@
     spec.fp32_outputs                    # precision hints for FP16 / INT8 builds
 
 A component entry of ``manifest.json`` is ``{"file", "sha256", "precision", "exporter", "inputs", "outputs",
-"opset", "description", "precision_hints", ["engine"]}``; :class:`ComponentSpec` is its I/O part, the same class
-(with example inputs added on top, in torch) that the export declares each component with
-(``edgeseg.export.spec``), so the I/O is declared once.
+"opset", "description", "precision_hints", ["external_data"], ["engine"]}``; :class:`ComponentSpec` is its I/O
+part, the same class (with example inputs added on top, in torch) that the export declares each component with
+(``edgeseg.export.spec``), so the I/O is declared once. ``external_data``: ``[{"file", "sha256"}]``, the weight
+file(s) of a graph saved with ONNX external data (``<component>.onnx.data``).
+
+:meth:`Manifest.from_dict` checks every number the runtime reads (shapes and min/opt/max profiles, image
+preprocessing, tokenizer facts, the ``method_config`` sections of :mod:`.manifest_checks`) and every file name
+(a plain name inside the bundle folder), and raises :class:`ManifestError` naming the field.
 """
 
 from __future__ import annotations
@@ -17,10 +22,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import DEFAULT_BACKEND, manifest_backend
+from .integrity import check_name
+from .manifest_checks import (ManifestError, check_method_config, check_preprocessing, check_tokenizer, integer,
+                              section, sha256_text)
+
+__all__ = ["ComponentEntry", "ComponentSpec", "ExternalFile", "Manifest", "ManifestError", "TensorSpec",
+           "TOKENIZER_TEXT_COMPONENTS", "tokenizer_keys"]
+
+# Tokenizer entries and the text component whose ``input_ids`` length must equal their context length.
+TOKENIZER_TEXT_COMPONENTS = {"tokenizer": "clip_text", "sd_tokenizer": "sd_text"}
 
 
-class ManifestError(ValueError):
-    """A manifest entry that does not have the shape this runtime reads."""
+def tokenizer_keys(d: dict) -> list[str]:
+    """The manifest keys holding tokenizer entries: ``tokenizer`` and every ``*_tokenizer`` (Ref-Diff's SD one)."""
+    return [k for k in d if k == "tokenizer" or k.endswith("_tokenizer")]
+
+
+def _file_name(v: Any, where: str) -> str:
+    try:
+        return check_name(v, where)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -47,11 +69,30 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "") -> "TensorSpec":
+        """``where``: the entry's field path (``components.lseg_head.inputs[1]``), named by every error."""
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("dtype"), str) \
                 or not isinstance(d.get("shape"), list):
             raise ManifestError(f"{where}: a tensor entry needs 'name', 'dtype' and a 'shape' list; got {d!r:.120}")
-        prof = {k: tuple(d.get(k) or ()) for k in ("min", "opt", "max")}
-        return cls(d["name"], d["dtype"], tuple(d["shape"]), **prof)
+        shape = tuple(d["shape"])
+        for i, dim in enumerate(shape):
+            if not (isinstance(dim, str) and dim):
+                integer(dim, f"{where}.shape[{i}]")
+        prof: dict[str, tuple[int, ...]] = {}
+        if any(d.get(k) is not None for k in ("min", "opt", "max")):
+            for k in ("min", "opt", "max"):
+                v = d.get(k)
+                if not isinstance(v, list) or len(v) != len(shape):
+                    raise ManifestError(f"{where}.{k} = {v!r:.80}: must be a list of {len(shape)} ints (one per "
+                                        f"axis of shape {list(shape)})")
+                prof[k] = tuple(integer(x, f"{where}.{k}[{i}]") for i, x in enumerate(v))
+            for i, dim in enumerate(shape):
+                lo, opt, hi = prof["min"][i], prof["opt"][i], prof["max"][i]
+                if not lo <= opt <= hi:
+                    raise ManifestError(f"{where}: axis {i} has min {lo}, opt {opt}, max {hi}: must be "
+                                        f"min <= opt <= max")
+                if isinstance(dim, int) and not lo == hi == dim:
+                    raise ManifestError(f"{where}: axis {i} is fixed at {dim} but its min/max are {lo}/{hi}")
+        return cls(d["name"], d["dtype"], shape, **prof)
 
 
 @dataclass(frozen=True)
@@ -102,19 +143,29 @@ class ComponentSpec:
     @classmethod
     def from_dict(cls, name: str, d: Any) -> "ComponentSpec":
         """The spec of a manifest component entry (extra keys such as file, sha256 and engine are ignored)."""
-        where = f"component {name!r}"
+        where = f"components.{name}"
         if not isinstance(d, dict) or not isinstance(d.get("inputs"), list) or not isinstance(d.get("outputs"), list):
             raise ManifestError(f"{where}: needs 'inputs' and 'outputs' lists; got {d!r:.120}")
-        hints = d.get("precision_hints") or {}
-        return cls(name, tuple(TensorSpec.from_dict(t, where) for t in d["inputs"]),
-                   tuple(TensorSpec.from_dict(t, where) for t in d["outputs"]), int(d.get("opset", 17)),
-                   str(d.get("description", "")), tuple(hints.get("fp32_outputs", ())),
+        hints = section(d.get("precision_hints") or {}, f"{where}.precision_hints")
+        opset = integer(d.get("opset", 17), f"{where}.opset", 1, 1000)
+        return cls(name, tuple(TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(d["inputs"])),
+                   tuple(TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(d["outputs"])),
+                   opset, str(d.get("description", "")), tuple(hints.get("fp32_outputs", ())),
                    tuple(hints.get("int8_exclude", ())))
 
 
 @dataclass(frozen=True)
+class ExternalFile:
+    """A file a component needs besides its ONNX graph (ONNX external data), with its sha256."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ComponentEntry:
-    """One component of a bundle: its file, hash, precision and I/O spec (plus a TensorRT engine, if built)."""
+    """One component of a bundle: its file, hash, precision and I/O spec (plus external-data files and a TensorRT
+    engine, if any)."""
 
     name: str
     file: str
@@ -123,13 +174,35 @@ class ComponentEntry:
     precision: str = "fp32"
     exporter: str = ""
     engine: dict | None = None
+    external_data: tuple[ExternalFile, ...] = ()
 
     @classmethod
     def from_dict(cls, name: str, d: Any) -> "ComponentEntry":
+        where = f"components.{name}"
         if not isinstance(d, dict) or not isinstance(d.get("file"), str) or not isinstance(d.get("sha256"), str):
             raise ManifestError(f"component {name!r}: needs 'file' and 'sha256' strings; got {d!r:.120}")
+        _file_name(d["file"], f"{where}.file")
+        ext = d.get("external_data") or []
+        if not isinstance(ext, list):
+            raise ManifestError(f"{where}.external_data = {ext!r:.80}: must be a list of {{file, sha256}} objects")
+        files = []
+        for i, e in enumerate(ext):
+            if not isinstance(e, dict):
+                raise ManifestError(f"{where}.external_data[{i}] = {e!r:.80}: must be a {{file, sha256}} object")
+            files.append(ExternalFile(_file_name(e.get("file"), f"{where}.external_data[{i}].file"),
+                                      sha256_text(e.get("sha256"), f"{where}.external_data[{i}].sha256")))
+        engine = d.get("engine")
+        if engine is not None:
+            if not isinstance(engine, dict) or not isinstance(engine.get("sha256"), str):
+                raise ManifestError(f"{where}.engine = {engine!r:.80}: must be an object with 'file' and 'sha256'")
+            _file_name(engine.get("file"), f"{where}.engine.file")
         return cls(name, d["file"], d["sha256"], ComponentSpec.from_dict(name, d), str(d.get("precision", "fp32")),
-                   str(d.get("exporter", "")), d.get("engine"))
+                   str(d.get("exporter", "")), engine, tuple(files))
+
+    @property
+    def files(self) -> list[str]:
+        """Every file of the bundle this component's ONNX graph needs: the graph, then its external data."""
+        return [self.file, *(e.file for e in self.external_data)]
 
 
 @dataclass(frozen=True)
@@ -144,10 +217,28 @@ class Manifest:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: Any) -> "Manifest":
+        if not isinstance(d, dict):
+            raise ManifestError(f"the manifest must be a JSON object, got {type(d).__name__} {d!r:.60}")
         comps = d.get("components")
-        if not isinstance(d.get("method"), str) or not isinstance(comps, dict):
-            raise ManifestError("the manifest needs a 'method' string and a 'components' object")
-        return cls(d["method"], {n: ComponentEntry.from_dict(n, c) for n, c in comps.items()},
-                   d.get("preprocessing") or {}, d.get("method_config") or {},
-                   manifest_backend(d.get("backend", DEFAULT_BACKEND)), d)
+        if not isinstance(d.get("method"), str) or not isinstance(comps, dict) or not comps:
+            raise ManifestError("the manifest needs a 'method' string and a non-empty 'components' object")
+        for n in comps:
+            _file_name(n, f"components.{n}")  # component names make file names (<name>.onnx) in builds
+        for key in ("preprocessing", "tokenizer"):
+            if key not in d:
+                raise ManifestError(f"the manifest lacks {key!r}")
+        prep = check_preprocessing(d["preprocessing"], "preprocessing")
+        config = check_method_config(d.get("method_config") or {})
+        entries = {n: ComponentEntry.from_dict(n, c) for n, c in comps.items()}
+        for key in tokenizer_keys(d):
+            tok = check_tokenizer(d[key], key)
+            text = entries.get(TOKENIZER_TEXT_COMPONENTS.get(key, ""))
+            ids = [t for t in text.spec.inputs if t.name == "input_ids"] if text else []
+            if ids and len(ids[0].shape) == 2 and ids[0].shape[1] != tok["context_length"]:
+                raise ManifestError(f"{key}.context_length = {tok['context_length']}: component {text.name!r} "
+                                    f"takes input_ids of length {ids[0].shape[1]}")
+        backend = d.get("backend", DEFAULT_BACKEND)
+        if not isinstance(backend, str):
+            raise ManifestError(f"backend = {backend!r:.60}: must be a backend name string")
+        return cls(d["method"], entries, prep, config, manifest_backend(backend), d)

@@ -238,11 +238,16 @@ class ClipTokenizer:
 
     @classmethod
     def from_manifest(cls, facts: Mapping[str, Any], bundle_dir: str | Path) -> "ClipTokenizer":
-        """Load from the dict returned by ``build_clip_tokenizer_json`` (a manifest entry)."""
+        """Load from the dict returned by ``build_clip_tokenizer_json`` (a manifest entry); its ``file`` must be a
+        plain name that resolves inside ``bundle_dir`` (ValueError otherwise). Its sha256 is checked by
+        :class:`~.bundle.Bundle` on load."""
+        from .integrity import inside  # the file must be a plain name inside the bundle folder
+
         if facts.get("type") != "clip-bpe":
             raise ValueError(f"unsupported tokenizer type {facts.get('type')!r}; expected 'clip-bpe'")
-        return cls.from_file(Path(bundle_dir) / facts["file"], int(facts["context_length"]),
-                             int(facts["sot_id"]), int(facts["eot_id"]), int(facts["pad_id"]))
+        return cls.from_file(inside(Path(bundle_dir), facts.get("file"), "tokenizer file"),
+                             int(facts["context_length"]), int(facts["sot_id"]), int(facts["eot_id"]),
+                             int(facts["pad_id"]))
 
     def _token_ids(self, text: str) -> list[int]:
         """BPE ids of one cleaned text (no sot/eot)."""

@@ -115,6 +115,6 @@ def test_no_proposal_at_all_falls_back_to_the_whole_image(refdiff_bundle, sample
     res = p.predict("the green cross")  # a flat map has no threshold proposal
     assert res.sources == ["image"] and res.mask.all() and any("no proposal at all" in w for w in res.warnings)
     # no SAM mask survived: the SAM source falls back to the thresholds, and says so
-    p.state = dataclasses.replace(p.state, sam=p.state.sam[:0])
-    res = p.predict("the green cross", proposals="sam")
+    no_sam = dataclasses.replace(p.state, sam=p.state.sam[:0])
+    res = p.predict("the green cross", proposals="sam", state=no_sam)
     assert any("no SAM proposal survived" in w for w in res.warnings) and res.sources == ["image"]

@@ -116,7 +116,7 @@ def test_predictor_takes_built_stages(refdiff_bundle, pred, samples):
 def test_stage_errors(refdiff_bundle):
     with pytest.raises(ValueError, match="unknown AttentionLocalizer option"):
         AttentionLocalizer(refdiff_bundle, cache_dir=None, stepz=3)
-    with pytest.raises(ValueError, match="position_bias 'left' is not one of"):
+    with pytest.raises(ValueError, match=r"Ref-Diff option position_bias='left': must be one of \['hard', 'soft', 'both'\]"):
         ProposalScorer(refdiff_bundle, cache_dir=None, position_bias="left")
     with pytest.raises(ValueError, match="unknown amg option"):
         ProposalGenerator(refdiff_bundle, amg={"points": 4})
