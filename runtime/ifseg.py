@@ -35,6 +35,11 @@ class IFSegResult(LSegResult):
 
 
 class IFSegPredictor(TwoPhasePredictor):
+    """IFSeg: dense CLIP features (once per image) decoded against category words, kNN refinement.
+
+    Thread-safe: ``state = pred.encode(image)`` then ``pred.predict(labels, state=state)`` from any number of
+    threads; ``set_image`` / ``predict`` keep one image per calling thread."""
+
     METHOD, ENCODER, HEAD = "ifseg", "ifseg_encoder", "ifseg_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",

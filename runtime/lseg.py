@@ -40,6 +40,11 @@ class LSegResult:
 
 
 class LSegPredictor(TwoPhasePredictor):
+    """LSeg: pixel embeddings (encoder, once per image) against label embeddings (head, per label set).
+
+    Thread-safe: ``state = pred.encode(image)`` then ``pred.predict(labels, state=state)`` from any number of
+    threads; ``set_image`` / ``predict`` keep one image per calling thread."""
+
     METHOD, ENCODER, HEAD = "lseg", "lseg_encoder", "lseg_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",

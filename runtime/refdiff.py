@@ -89,7 +89,11 @@ class RefDiffPredictor:
     for the parser-free rule), seed (the DDIM noise).
 
     ``localizer=``, ``generator=``, ``scorer=``: stages already built from the same bundle, used as they are
-    (their options become the predictor's; an override that contradicts one is refused)."""
+    (their options become the predictor's; an override that contradicts one is refused).
+
+    Thread-safe: ``state = pred.encode(image)`` then ``pred.predict(expression, state=state)`` from any number
+    of threads; ``set_image`` / ``predict`` keep one image per calling thread. Every option is checked here, at
+    construction (:mod:`.refdiff_options`)."""
 
     METHOD = "refdiff"
 

@@ -39,6 +39,11 @@ class TCLResult(LSegResult):
 
 
 class TCLPredictor(TwoPhasePredictor):
+    """TCL: text-grounded masks (encoder once per image, head per label set), PAMR refinement.
+
+    Thread-safe: ``state = pred.encode(image)`` then ``pred.predict(labels, state=state)`` from any number of
+    threads; ``set_image`` / ``predict`` keep one image per calling thread."""
+
     METHOD, ENCODER, HEAD = "tcl", "tcl_encoder", "tcl_head"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
