@@ -266,7 +266,7 @@ class ToyWorld:
 
 
 # Evaluation label sets: name -> (ToyWorld split, label set). Read by training (IFSeg's held-out check) and
-# by edgeseg eval; see edgeseg.export.evaluation.segmentation for what each measures.
+# by `edgeseg eval` (the segmentation evaluation documents what each measures).
 EVAL_SPLITS = {  # name -> (ToyWorld split, label set)
     "seen": ("seen", list(SEEN_SHAPES) + list(STUFF)),
     "unseen": ("unseen", list(UNSEEN_SHAPES) + list(STUFF)),
