@@ -1,7 +1,9 @@
 """Checkpoint -> bundle: one ONNX file per component, tokenizer.json and the manifest the runtime trusts.
 
 A bundle folder is written under a temporary name and renamed into place when complete, so a failed or
-interrupted export never leaves a half-written bundle where the runtime would load it.
+interrupted export never leaves a half-written bundle where the runtime would load it. Every file of the bundle
+is named by the export (``<component>.onnx``, ``<component>.onnx.data`` for a graph over protobuf's 2 GB,
+``tokenizer.json``) and listed in the manifest with its sha256, which the runtime checks on load.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import platform
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,12 +24,14 @@ from torch import nn
 from edgeseg import __version__
 from edgeseg.methods import get_method
 from edgeseg.runtime.fileio import sha256_file, staged_dir
+from edgeseg.runtime.integrity import check_name
 from edgeseg.train.checkpoint import resolve_checkpoint
 
 from edgeseg.export import clip_image, clip_text, lseg_encoder, lseg_head
 from edgeseg.export import ifseg_encoder, ifseg_head
 from edgeseg.export import tcl_encoder, tcl_head
 from edgeseg.export import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
+from edgeseg.export.build.external import finalize
 from edgeseg.export.spec import ComponentSpec
 from edgeseg.export.tokenizer import build_clip_tokenizer_json
 
@@ -72,7 +79,27 @@ def example_inputs(name: str, spec: ComponentSpec, which: str = "opt", batch: in
     return tuple(xs)
 
 
-def export_component(wrapper: nn.Module, spec: ComponentSpec, path: Path) -> None:
+def export_component(wrapper: nn.Module, spec: ComponentSpec, path: Path, external: bool | None = None) -> list[str]:
+    """Export one component to ``path``; returns its external-data file names ([] for a single-file graph).
+
+    The graph is exported in a scratch folder of its own (the TorchScript exporter writes a graph over protobuf's
+    2 GB as one loose file per tensor, named after the tensor), brought to the bundle layout there (one
+    ``<path>.data`` file, :func:`edgeseg.export.build.external.finalize`; ``external=True`` forces it for a small
+    graph) and moved beside ``path``. Small graphs stay single files, byte for byte what the exporter wrote."""
+    path = Path(path)
+    scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".export"))
+    try:
+        staged = scratch / path.name
+        _export_graph(wrapper, spec, staged)
+        data = finalize(staged, external)
+        for f in (path.name, *data):
+            os.replace(scratch / f, path.parent / f)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return data
+
+
+def _export_graph(wrapper: nn.Module, spec: ComponentSpec, path: Path) -> None:
     """Legacy TorchScript exporter (fast; the MHA fast path is switched off so ``nn.MultiheadAttention``
     traces into plain ops), dynamic axes from the spec, example batch of 2 so no axis freezes at 1."""
     wrapper.eval()
@@ -128,9 +155,10 @@ def export_bundle(method: str, checkpoint: str | Path, out: str | Path, progress
     with staged_dir(out) as tmp:
         manifest_components = {}
         for name, (wrapper, spec) in tqdm(comps.items(), desc=f"export {method}", disable=not progress):
-            file = tmp / f"{name}.onnx"
-            export_component(wrapper, spec, file)
-            manifest_components[name] = {"file": file.name, "sha256": sha256_file(file), "precision": "fp32",
+            file = tmp / check_name(f"{name}.onnx", f"component {name!r}")
+            data = export_component(wrapper, spec, file)
+            ext = {"external_data": [{"file": f, "sha256": sha256_file(tmp / f)} for f in data]} if data else {}
+            manifest_components[name] = {"file": file.name, "sha256": sha256_file(file), **ext, "precision": "fp32",
                                          "exporter": getattr(COMPONENTS.get(name), "EXPORTER", "torch.onnx (TorchScript)"),
                                          **spec.to_dict()}
         tok = build_clip_tokenizer_json(tmp / "tokenizer.json", info["context_length"])

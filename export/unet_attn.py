@@ -5,6 +5,10 @@ float), ``encoder_hidden_states`` B x 77 x D float32 (``sd_text`` output). Outpu
 float32 (epsilon) and ``attn`` B x (q_h*q_w) x 77 float32: softmax(QK^T/sqrt(d)) of the cross-attention layers at
 the chosen query grids, averaged over heads and layers (other grids bilinearly resized to q_h x q_w); each row
 sums to 1 over the 77 tokens. The runtime runs uncond + cond together (B = 2N). Keep ``attn`` in FP32 builds.
+
+SD 1.5's UNet (~3.4 GB of weights) is over protobuf's 2 GB: ``export_component`` writes it as ``unet_attn.onnx``
+plus one external-data file ``unet_attn.onnx.data`` (``edgeseg.export.build.external``), listed with its sha256
+in the manifest's ``external_data`` and checked by the runtime on load; the toy UNet stays one file.
 """
 
 from __future__ import annotations

@@ -60,8 +60,10 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath} is not valid JSON ({e}); {rebuild}") from None
         if not isinstance(manifest, dict):
-            raise BundleError(f"{mpath} holds a JSON {type(manifest).__name__} ({json.dumps(manifest)[:40]}), not an "
-                              f"object: not a bundle manifest; {rebuild}")
+            kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+                type(manifest), "null")
+            raise BundleError(f"{mpath} holds a JSON {kind} ({json.dumps(manifest)[:40]}), not an object: not a "
+                              f"bundle manifest; {rebuild}")
         self.manifest: dict = manifest
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{mpath} has format {manifest.get('format')!r} v{manifest.get('format_version')}"
@@ -113,8 +115,9 @@ class Bundle:
                                       f"--precision {entry.precision}")
                 e = self.path / engine["file"]
                 if not e.is_file() or (check_hashes and sha256_file(e) != engine["sha256"]):
+                    how = engine.get("command", f"edgeseg build ... --backend {self.provider}")
                     raise BundleError(f"component {name!r}: engine {e} is missing or does not match its sha256; "
-                                      f"rebuild it: {engine.get('command', f'edgeseg build ... --backend {self.provider}')}")
+                                      f"rebuild it: {how}")
         checked: set[tuple[str, str]] = set()  # Ref-Diff's two tokenizer entries share one file
         for key in tokenizer_keys(self.manifest):
             tok = self.manifest[key]

@@ -32,7 +32,8 @@ class ProtoError(ValueError):
 def check_name(name: object, field: str) -> str:
     """``name`` if it is a plain file name inside the bundle folder; else ValueError naming ``field``."""
     if not isinstance(name, str) or not _PLAIN.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"{field} = {name!r:.80}: must be a plain file name inside the bundle folder (no '/', "
+        shown = repr(name) if len(repr(name)) <= 240 else repr(name)[:237] + "..."
+        raise ValueError(f"{field} = {shown}: must be a plain file name inside the bundle folder (no '/', "
                          f"'\\', '..' or absolute path)")
     return name
 

@@ -68,8 +68,9 @@ class TensorSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "") -> "TensorSpec":
-        """``where``: the entry's field path (``components.lseg_head.inputs[1]``), named by every error."""
+    def from_dict(cls, d: Any, where: str = "", profiled: bool = False) -> "TensorSpec":
+        """``where``: the entry's field path (``components.lseg_head.inputs[1]``), named by every error;
+        ``profiled``: an input, whose dynamic axes need a min/opt/max profile."""
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("dtype"), str) \
                 or not isinstance(d.get("shape"), list):
             raise ManifestError(f"{where}: a tensor entry needs 'name', 'dtype' and a 'shape' list; got {d!r:.120}")
@@ -78,7 +79,8 @@ class TensorSpec:
             if not (isinstance(dim, str) and dim):
                 integer(dim, f"{where}.shape[{i}]")
         prof: dict[str, tuple[int, ...]] = {}
-        if any(d.get(k) is not None for k in ("min", "opt", "max")):
+        dynamic = any(isinstance(x, str) for x in shape)
+        if any(d.get(k) is not None for k in ("min", "opt", "max")) or (profiled and dynamic):
             for k in ("min", "opt", "max"):
                 v = d.get(k)
                 if not isinstance(v, list) or len(v) != len(shape):
@@ -148,9 +150,15 @@ class ComponentSpec:
             raise ManifestError(f"{where}: needs 'inputs' and 'outputs' lists; got {d!r:.120}")
         hints = section(d.get("precision_hints") or {}, f"{where}.precision_hints")
         opset = integer(d.get("opset", 17), f"{where}.opset", 1, 1000)
-        return cls(name, tuple(TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(d["inputs"])),
-                   tuple(TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(d["outputs"])),
-                   opset, str(d.get("description", "")), tuple(hints.get("fp32_outputs", ())),
+        inputs = tuple(TensorSpec.from_dict(t, f"{where}.inputs[{i}]", True) for i, t in enumerate(d["inputs"]))
+        outputs = tuple(TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(d["outputs"]))
+        axes = {x for t in inputs for x in t.shape if isinstance(x, str)}
+        for i, t in enumerate(outputs):  # an output's dynamic axes follow the inputs' (batch, labels, prompts...)
+            for j, x in enumerate(t.shape):
+                if isinstance(x, str) and x not in axes:
+                    raise ManifestError(f"{where}.outputs[{i}].shape[{j}] = {x!r}: not a dynamic axis of the inputs "
+                                        f"{sorted(axes)}; a fixed dim must be a positive integer")
+        return cls(name, inputs, outputs, opset, str(d.get("description", "")), tuple(hints.get("fp32_outputs", ())),
                    tuple(hints.get("int8_exclude", ())))
 
 
@@ -199,11 +207,6 @@ class ComponentEntry:
         return cls(name, d["file"], d["sha256"], ComponentSpec.from_dict(name, d), str(d.get("precision", "fp32")),
                    str(d.get("exporter", "")), engine, tuple(files))
 
-    @property
-    def files(self) -> list[str]:
-        """Every file of the bundle this component's ONNX graph needs: the graph, then its external data."""
-        return [self.file, *(e.file for e in self.external_data)]
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -229,9 +232,10 @@ class Manifest:
             if key not in d:
                 raise ManifestError(f"the manifest lacks {key!r}")
         prep = check_preprocessing(d["preprocessing"], "preprocessing")
-        config = check_method_config(d.get("method_config") or {})
+        config = check_method_config(d.get("method_config") or {}, d["method"], d)
         entries = {n: ComponentEntry.from_dict(n, c) for n, c in comps.items()}
         for key in tokenizer_keys(d):
+            _file_name(key, f"tokenizer entry {key!r}")  # builds write it as <key>.json
             tok = check_tokenizer(d[key], key)
             text = entries.get(TOKENIZER_TEXT_COMPONENTS.get(key, ""))
             ids = [t for t in text.spec.inputs if t.name == "input_ids"] if text else []

@@ -91,7 +91,26 @@ def check_preprocessing(d: Any, field: str, size: str = "image_size", mean: str 
         [integer(x, f"{field}.{size}[{i}]", 1, 1 << 15) for i, x in enumerate(_list(d[size], f"{field}.{size}", 2))]
     numbers(d[mean], f"{field}.{mean}", 3)
     numbers(d[std], f"{field}.{std}", 3, lo=0, lo_open=True)
+    for key, check in _PREP_NUMBERS.items():  # the resize / sliding-window recipe's numbers, where present
+        if key in d:
+            check(d[key], f"{field}.{key}")
     return d
+
+
+def _pair_or_int(v: Any, field: str) -> None:
+    """A window or stride: one positive int, or [h, w] positive ints."""
+    if isinstance(v, list):
+        integers(v, field, 2)
+    else:
+        integer(v, field)
+
+
+_PREP_NUMBERS: dict[str, Any] = {
+    "base_size": lambda v, f: number(v, f, 0, True),
+    "scale": lambda v, f: numbers(v, f, 2, lo=0, lo_open=True),
+    "window": _pair_or_int,
+    "stride": _pair_or_int,
+}
 
 
 def check_tokenizer(d: Any, field: str) -> dict:
@@ -156,10 +175,25 @@ _METHOD_NUMBERS: dict[str, Any] = {
 }
 
 
-def check_method_config(cfg: Any, field: str = "method_config") -> dict:
+# Sections a method's runtime reads without a default: method -> (method_config keys, top-level manifest keys).
+REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "refdiff": (("scheduler", "attention.grid", "vae_preprocessing", "sam_preprocessing", "amg"), ("sd_tokenizer",)),
+}
+
+
+def check_method_config(cfg: Any, method: str = "", manifest: dict | None = None,
+                        field: str = "method_config") -> dict:
     """The numbers of ``method_config`` the runtime uses (image preprocessing of the VAE and SAM, the DDIM
-    scheduler, attention and proposal grids, mask-generator and post-processing settings), where present."""
+    scheduler, attention and proposal grids, mask-generator and post-processing settings), where present, and
+    the sections ``method``'s runtime needs (:data:`REQUIRED`)."""
     cfg = section(cfg, field)
+    keys, top = REQUIRED.get(method, ((), ()))
+    for path in keys:
+        if not _at(cfg, path)[0]:
+            raise ManifestError(f"{field} lacks {path!r} (a {method} bundle needs {', '.join(keys)})")
+    for key in top:
+        if manifest is not None and key not in manifest:
+            raise ManifestError(f"the manifest lacks {key!r} (a {method} bundle needs it)")
     if "vae_preprocessing" in cfg:
         check_preprocessing(cfg["vae_preprocessing"], f"{field}.vae_preprocessing")
     if "sam_preprocessing" in cfg:

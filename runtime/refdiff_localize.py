@@ -29,7 +29,7 @@ from .images import preprocess, resize_maps
 from .refdiff_options import check_options
 from .refdiff_scores import normalize_map
 from .refer_text import ParsedExpression, target_token_index
-from .text import default_cache_dir
+from .text import default_cache_dir, output_dim, text_cache_context
 from .tokenizer import ClipTokenizer
 
 # The localizer's options (the manifest's method_config overrides them, keyword arguments override both).
@@ -71,8 +71,8 @@ class AttentionLocalizer:
     cross-attention maps ``c`` of target tokens. Options: guidance, steps, strength, single_t, seed
     (:data:`LOCALIZER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments).
 
-    Owns the SD tokenizer, the SD text-state cache (by ``sd_text`` hash; ``cache_dir`` a folder, "default" or None
-    for memory only) and the unconditional (empty prompt) states."""
+    Owns the SD tokenizer, the SD text-state cache (by ``sd_text`` hash, SD tokenizer hash, context length and ids;
+    ``cache_dir`` a folder, "default" or None for memory only) and the unconditional (empty prompt) states."""
 
     COMPONENTS = ("sd_text", "vae_encoder", "unet_attn")  # the bundle components this stage runs
 
@@ -92,7 +92,9 @@ class AttentionLocalizer:
         self.grid: tuple[int, int] = tuple(self.config["attention"]["grid"])  # type: ignore[assignment]
         self.sd_tokenizer = ClipTokenizer.from_manifest(self.bundle.manifest["sd_tokenizer"], self.bundle.path)
         root = default_cache_dir() if cache_dir == "default" else cache_dir
-        self.sd_cache = TextEmbeddingCache(self._encode_sd, self.bundle.component_hash("sd_text"), root)
+        self.sd_cache = TextEmbeddingCache(self._encode_sd, self.bundle.component_hash("sd_text"), root,
+                                           context=text_cache_context(self.bundle, "sd_text", "sd_tokenizer"),
+                                           dim=output_dim(self.bundle, "sd_text", "hidden_states"))
         self._uncond: np.ndarray | None = None
 
     # ------------------------------------------------------------------ image

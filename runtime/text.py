@@ -17,18 +17,44 @@ def default_cache_dir() -> Path:
     return cache_root() / "text"
 
 
+def text_cache_context(bundle: Bundle, component: str, tokenizer: str = "tokenizer") -> tuple[str, ...]:
+    """What, besides the encoder graph's sha256 (the cache's ``encoder_id``) and the prompt, determines a text
+    embedding of ``component``: the sha256 of its external weights, the tokenizer file's sha256, its context
+    length and its special ids. Part of every cache key, so a bundle whose tokenizer (or weights) differ never
+    shares entries with another, whatever their encoder graphs."""
+    tok = bundle.tokenizer_facts(tokenizer)
+    ext = [f"external:{e.file}:{e.sha256}" for e in bundle.entry(component).external_data]
+    return (*ext, f"tokenizer:{tok['sha256']}", f"context_length:{tok['context_length']}",
+            f"ids:{tok['sot_id']},{tok['eot_id']},{tok['pad_id']}")
+
+
+def output_dim(bundle: Bundle, component: str, output: str) -> int | None:
+    """The number of values per row of ``output`` (the product of its fixed dims after the batch axis), or None
+    when a dim is dynamic."""
+    dims = bundle.spec(component).output(output).shape[1:]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
 class TextEncoder:
-    """Labels -> N x D unit-norm float32 embeddings; cached by (encoder hash, template, text).
+    """Labels -> N x D unit-norm float32 embeddings; cached by (encoder hash, tokenizer hash, context length,
+    template, text) (:func:`text_cache_context`).
 
     ``cache_dir``: a folder, "default" (:func:`default_cache_dir`) or None (memory only).
     """
 
     def __init__(self, bundle: Bundle, cache_dir: str | Path | None = "default", batch: int = 64):
         self.bundle = bundle
-        self.tokenizer = ClipTokenizer.from_manifest(bundle.manifest["tokenizer"], bundle.path)
+        self.tokenizer = ClipTokenizer.from_manifest(bundle.tokenizer_facts("tokenizer"), bundle.path)
         self.max_batch = min(batch, bundle.spec("clip_text").input("input_ids").max[0])
         cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
-        self.cache = TextEmbeddingCache(self._encode, bundle.component_hash("clip_text"), cache_dir)
+        self.cache = TextEmbeddingCache(self._encode, bundle.component_hash("clip_text"), cache_dir,
+                                        context=text_cache_context(bundle, "clip_text"),
+                                        dim=output_dim(bundle, "clip_text", "text_embeds"))
 
     def _encode(self, prompts: list[str]) -> np.ndarray:
         ids = self.tokenizer(prompts)

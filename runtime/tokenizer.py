@@ -42,6 +42,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .integrity import inside
+
 INSTALL_HINT = "pip install 'edgeseg[runtime]'"
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -241,8 +243,6 @@ class ClipTokenizer:
         """Load from the dict returned by ``build_clip_tokenizer_json`` (a manifest entry); its ``file`` must be a
         plain name that resolves inside ``bundle_dir`` (ValueError otherwise). Its sha256 is checked by
         :class:`~.bundle.Bundle` on load."""
-        from .integrity import inside  # the file must be a plain name inside the bundle folder
-
         if facts.get("type") != "clip-bpe":
             raise ValueError(f"unsupported tokenizer type {facts.get('type')!r}; expected 'clip-bpe'")
         return cls.from_file(inside(Path(bundle_dir), facts.get("file"), "tokenizer file"),

@@ -8,6 +8,11 @@ execution providers that take the ONNX graphs as they are. Backend names: ``edge
 (``--backend tensorrt``, the old name of ``trt``, still works and warns). Output is written to a temporary
 folder and renamed into place.
 
+Containment: the source bundle is opened with :class:`~edgeseg.runtime.bundle.Bundle`, which refuses (before
+anything is written) a manifest naming a file that is not a plain name inside the bundle folder; the build then
+writes only under names it chooses inside its staging folder: ``<component>.onnx``, ``<component>.onnx.data``
+(external data, one file, for graphs that had it or exceed 2 GB), ``<component>.plan``, ``tokenizer.json``.
+
 Torch-free (onnx + onnxruntime + the runtime), so it also runs on the target device. Two workflows for
 TensorRT: build FP16/INT8 ONNX and engines in one go on the device, or convert on a workstation and pass the
 converted bundle to ``--backend trt`` on the device with the same ``--precision`` (graphs are then copied
@@ -23,8 +28,11 @@ from pathlib import Path
 
 from edgeseg.runtime.backends import BACKENDS, resolve_backend
 from edgeseg.runtime.bundle import MANIFEST, Bundle
+from edgeseg.runtime.integrity import check_name
+from edgeseg.runtime.manifest import tokenizer_keys
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 
+from edgeseg.export.build.external import copy_graph, finalize
 from edgeseg.export.build.lint import TARGETS, lint_file
 from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
 from edgeseg.export.build.quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
@@ -90,31 +98,35 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
     with staged_dir(out) as tmp:
         comps, lint_summary = {}, {}
         for name, comp in tqdm(source.components.items(), desc=f"build {precision}/{backend}", disable=not progress):
-            src_file, dst_file = source.path / comp["file"], tmp / comp["file"]
+            view = source.entry(name)  # file names checked: plain, inside the source bundle, hashed
+            src_file, dst_file = source.file(view.file), tmp / f"{name}.onnx"  # the build's own name
+            external = bool(view.external_data)  # the converted graph keeps its weights in one data file
             recipe = comp.get("recipe") if not convert and have != "fp32" else precision_recipe(precision, comp)
             done = comp.get("converted", {})
             if not convert:
-                shutil.copyfile(src_file, dst_file)
+                copy_graph(src_file, dst_file, [e.file for e in view.external_data])
             elif precision == "fp16":
-                rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]))
+                rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]), external=external)
                 done = {"nodes": rep.nodes, "nodes_fp32": rep.nodes_fp32, "clipped_constants": rep.clipped_constants}
             elif precision == "int8":
                 done = quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib),
-                                     exclude=tuple(recipe["exclude"]))
+                                     exclude=tuple(recipe["exclude"]), external=external)
             elif precision == "int8dyn":
-                done = quantize_int8_dynamic(src_file, dst_file, exclude=tuple(recipe["exclude"]))
+                done = quantize_int8_dynamic(src_file, dst_file, exclude=tuple(recipe["exclude"]), external=external)
+            data = finalize(dst_file)  # [] or ["<name>.onnx.data"]
             lint_summary[name] = _lint(dst_file, comp, lint_targets, strict=backend in TRT_BACKENDS)
-            entry = {k: v for k, v in comp.items() if k != "engine"}  # an engine is rebuilt, never carried over
-            entry.update(sha256=sha256_file(dst_file), precision=precision, recipe=recipe, converted=done,
-                         recipe_hash=recipe_hash(recipe))
+            entry = {k: v for k, v in comp.items() if k not in ("engine", "external_data")}  # rebuilt, not carried
+            entry.update(file=dst_file.name, sha256=sha256_file(dst_file), precision=precision, recipe=recipe,
+                         converted=done, recipe_hash=recipe_hash(recipe))
+            if data:
+                entry["external_data"] = [{"file": f, "sha256": sha256_file(tmp / f)} for f in data]
             if BACKENDS[backend].engines:
                 from edgeseg.export.build.trt_engines import build_engine
 
                 entry["engine"] = build_engine(dst_file, entry, tmp, **(trt_options or {}))
             comps[name] = entry
-        if (source.path / "tokenizer.json").is_file():
-            shutil.copyfile(source.path / "tokenizer.json", tmp / "tokenizer.json")
-        manifest = dict(man, name=out.name, precision=precision, backend=backend, components=comps)
+        manifest = dict(man, name=out.name, precision=precision, backend=backend, components=comps,
+                        **_copy_tokenizers(source, tmp))
         earlier = man.get("build", {})
         manifest["build"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -125,6 +137,20 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _copy_tokenizers(source: Bundle, tmp: Path) -> dict[str, dict]:
+    """Copy each tokenizer file the manifest names (checked and hashed by Bundle) as ``tokenizer.json`` (the
+    ``tokenizer`` entry) or ``<key>.json``, one copy per distinct file; returns the updated manifest entries."""
+    entries, copied = {}, {}
+    for key in tokenizer_keys(source.manifest):
+        facts = source.tokenizer_facts(key)
+        if facts["file"] not in copied:
+            dst = check_name(f"{key}.json", f"tokenizer entry {key!r}")  # keys are plain names (Manifest checks)
+            shutil.copyfile(source.file(facts["file"]), tmp / dst)
+            copied[facts["file"]] = dst
+        entries[key] = dict(facts, file=copied[facts["file"]])
+    return entries
 
 
 def _lint(path: Path, comp: dict, targets: tuple[str, ...], strict: bool) -> dict:

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg.runtime.integrity import inside
+
 
 @dataclass(frozen=True)
 class LintIssue:
@@ -384,14 +386,15 @@ def lint_file(path: str | Path, target: str = "trt10.3", spec: dict | None = Non
 
 
 def lint_bundle(bundle_dir: str | Path, target: str = "trt10.3") -> dict[str, list[LintIssue]]:
-    """Lint every component of a bundle (``manifest.json`` + one ONNX per component) with its manifest spec."""
+    """Lint every component of a bundle (``manifest.json`` + one ONNX per component) with its manifest spec; a
+    component file that is not a plain name inside the bundle folder is refused (ValueError)."""
     _target(target)
     manifest_path = Path(bundle_dir) / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"bundle manifest not found: {manifest_path}")
     components = json.loads(manifest_path.read_text())["components"]
-    return {name: lint_file(manifest_path.parent / c["file"], target,
-                            {k: c[k] for k in ("inputs", "outputs", "opset") if k in c})
+    return {name: lint_file(inside(manifest_path.parent, c["file"], f"{manifest_path}: components.{name}.file"),
+                            target, {k: c[k] for k in ("inputs", "outputs", "opset") if k in c})
             for name, c in components.items()}
 
 

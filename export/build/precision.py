@@ -111,23 +111,31 @@ class ConversionReport:
 
 
 def convert_fp16(src: str | Path, dst: str | Path, policy: Fp16Policy = FP16_POLICY,
-                 fp32_outputs: tuple[str, ...] = ()) -> ConversionReport:
-    """FP32 ONNX file -> FP16 ONNX file under ``policy`` (I/O dtypes unchanged)."""
+                 fp32_outputs: tuple[str, ...] = (), external: bool = False) -> ConversionReport:
+    """FP32 ONNX file -> FP16 ONNX file under ``policy`` (I/O dtypes unchanged). ``external``: save the result
+    with its weights in one ``<dst>.data`` file (as for a source with external data; forced above 2 GB)."""
     import onnx
     from onnxruntime.transformers import float16
 
-    model = onnx.load(str(src))
+    from edgeseg.export.build.external import save_model, too_big
+
+    model = onnx.load(str(src))  # external data (if any) loaded from beside src
+    huge = too_big(model)  # shape inference and the in-memory checker need a model under protobuf's 2 GB
     outputs = set(policy.fp32_outputs) | set(fp32_outputs)
     node_block = [n.name for n in model.graph.node if outputs.intersection(n.output)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model16 = float16.convert_float_to_float16(
             model, keep_io_types=policy.keep_io_types, op_block_list=list(policy.keep_fp32_ops),
-            node_block_list=node_block, disable_shape_infer=False)
+            node_block_list=node_block, disable_shape_infer=huge)
     dropped = drop_duplicate_nodes(model16.graph)
     toposort(model16.graph)
-    onnx.checker.check_model(model16)
-    onnx.save(model16, str(dst))
+    if external or too_big(model16):
+        save_model(model16, dst, external=True)
+        onnx.checker.check_model(str(dst))  # by path: the checker reads the external data itself
+    else:
+        onnx.checker.check_model(model16)
+        onnx.save(model16, str(dst))
     blocked = set(policy.keep_fp32_ops)
     n_fp32 = sum(1 for n in model16.graph.node if n.op_type in blocked or n.name in node_block)
     clipped = sum(1 for w in caught if "truncated" in str(w.message))

@@ -38,6 +38,8 @@ from typing import Iterator
 
 import numpy as np
 
+from edgeseg.export.build.external import copy_graph
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_CALIB_N = 64
 
@@ -165,16 +167,15 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np.ndarray]],
-                  policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = ()) -> dict:
-    """FP32 ONNX -> Q/DQ INT8 ONNX calibrated on ``feeds``. Returns what was done, for the manifest."""
-    import shutil
-
+                  policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = (), external: bool = False) -> dict:
+    """FP32 ONNX -> Q/DQ INT8 ONNX calibrated on ``feeds``. Returns what was done, for the manifest.
+    ``external``: write the weights to ``<dst>.data`` (a source with external data)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     quantize, excluded = quantizable_nodes(src, policy, exclude)
     if not quantize:
-        shutil.copyfile(src, dst)
+        copy_graph(src, dst)
         return {"quantized_nodes": 0, "excluded_nodes": excluded, "note": "no quantizable op: kept FP32"}
 
     class _Reader(CalibrationDataReader):
@@ -198,7 +199,7 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
             str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, per_channel=policy.per_channel,
             op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
-            calibrate_method=methods[policy.calibrate_method],
+            calibrate_method=methods[policy.calibrate_method], use_external_data_format=external,
             extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
                            "QuantizeBias": False})  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
     finally:
@@ -209,21 +210,21 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
 
 
 def quantize_int8_dynamic(src: str | Path, dst: str | Path, policy: Int8Policy = INT8_DYNAMIC_POLICY,
-                          exclude: tuple[str, ...] = ()) -> dict:
-    """FP32 ONNX -> dynamic INT8 ONNX for ONNX Runtime CPU (no calibration). Returns what was done."""
-    import shutil
-
+                          exclude: tuple[str, ...] = (), external: bool = False) -> dict:
+    """FP32 ONNX -> dynamic INT8 ONNX for ONNX Runtime CPU (no calibration). Returns what was done.
+    ``external``: write the weights to ``<dst>.data`` (a source with external data)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize, excluded = quantizable_nodes(src, policy, exclude)
     if not quantize:
-        shutil.copyfile(src, dst)
+        copy_graph(src, dst)
         return {"quantized_nodes": 0, "excluded_nodes": excluded, "note": "no quantizable op: kept FP32"}
     hint = _DropPreprocessHint()
     logging.getLogger().addFilter(hint)
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=policy.per_channel,
                          op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
+                         use_external_data_format=external,
                          extra_options={"WeightSymmetric": policy.symmetric, "MatMulConstBOnly": True})
     finally:
         logging.getLogger().removeFilter(hint)
