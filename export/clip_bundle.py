@@ -22,7 +22,10 @@ def clip_components(checkpoint: str | Path) -> tuple[dict[str, tuple[nn.Module, 
         clip, cfg = load_clip(checkpoint)
         arch = cfg["architecture"]["name"]
     ccfg = clip_config(arch)
-    prep = clip_preprocessing(arch, clip)
+    # CLIP embeddings are open_clip's: shortest side bicubic + centre crop (runtime.images recipe "openclip")
+    prep = dict(clip_preprocessing(arch, clip), recipe="openclip", resize="bicubic shortest side, centre crop",
+                layout="1x3xHxW float32 RGB: shortest side to image_size (PIL bicubic), centre crop, "
+                       "(x/255 - mean) / std")
     ctx, dim = ccfg["text_cfg"]["context_length"], ccfg["embed_dim"]
     comps = {
         clip_text.NAME: (clip_text.ClipTextWrapper(clip), clip_text.spec(ctx, dim)),

@@ -31,8 +31,10 @@ def ensure_bundle(checkpoint: str | Path, out: Path, method: str = "lseg") -> tu
 
 
 def run_demo(out: str | Path = "out/demo", bundle: str | Path = "engines/lseg_toy", checkpoint: str = DEFAULT_CHECKPOINT,
-             n_eval: int = 50, seed: int = 7) -> dict:
-    """Write overlays for seen- and unseen-label scenes plus report.json/report.md under ``out``."""
+             n_eval: int = 50, seed: int = 7, refdiff_bundle: str | Path | None = "engines/refdiff_toy") -> dict:
+    """Write overlays for seen- and unseen-label scenes plus report.json/report.md under ``out``; with
+    ``refdiff_bundle``, also the LSeg INT8 build's mIoU and the Ref-Diff FP32 vs INT8 section
+    (:mod:`.demo_refdiff`)."""
     from edgeseg.runtime.lseg import LSegPredictor
     from edgeseg.runtime.visualize import overlay, save_png
     from edgeseg.train.data.toyworld import ToyWorld
@@ -56,12 +58,23 @@ def run_demo(out: str | Path = "out/demo", bundle: str | Path = "engines/lseg_to
                             out / f"{split}_{i}.png")
             shots.append(str(path))
     evals = {s: eval_lseg(bundle, s, n=n_eval, seed=seed, progress=True) for s in ("seen", "unseen", "generalized")}
+    int8_miou, refdiff = None, None
+    if refdiff_bundle is not None:
+        from edgeseg.export.build.builder import build_bundle
+        from edgeseg.export.demo_refdiff import run_refdiff_demo
+
+        lseg8 = out / f"{bundle.name}_int8"
+        if not (lseg8 / "manifest.json").is_file():
+            build_bundle(bundle, "int8", out=lseg8, calib_n=16, progress=True)
+        int8_miou = {s: round(eval_lseg(lseg8, s, n=n_eval, seed=seed, progress=True).miou, 4) for s in ("seen",)}
+        refdiff = run_refdiff_demo(out, Path(refdiff_bundle))
     report = {
         "bundle": str(bundle), "exported_now": exported, "export_seconds": round(t_export, 1),
         "checkpoint": checkpoint, "overlays": shots,
         "miou": {s: round(e.miou, 4) for s, e in evals.items()}, "n_per_split": n_eval, "seed": seed,
         "median_stage_ms": {k: round(v, 2) for k, v in evals["seen"].timings_ms.items()},
-        "provider": "CPUExecutionProvider", "total_seconds": round(time.time() - t0, 1),
+        "provider": "CPUExecutionProvider", "int8_miou": int8_miou, "refdiff": refdiff,
+        "total_seconds": round(time.time() - t0, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -70,7 +83,15 @@ def run_demo(out: str | Path = "out/demo", bundle: str | Path = "engines/lseg_to
     md += [f"| {s} | {', '.join(EVAL_SPLITS[s][1])} | {e.miou:.3f} |" for s, e in evals.items()]
     md += ["", "median per-stage latency (ms, ORT CPU): " +
            ", ".join(f"{k} {v:.1f}" for k, v in report["median_stage_ms"].items()), "",
-           "overlays: " + ", ".join(Path(s).name for s in shots), ""]
+           "overlays: " + ", ".join(Path(s).name for s in shots)]
+    if int8_miou:
+        md += ["", "LSeg INT8 build (calibrated on 16 ToyWorld scenes): mIoU " +
+               ", ".join(f"{s} {v:.3f} (FP32 {evals[s].miou:.3f})" for s, v in int8_miou.items())]
+    if refdiff:
+        from edgeseg.export.demo_refdiff import NEXT_STEPS, refdiff_markdown
+
+        md += refdiff_markdown(refdiff) + NEXT_STEPS
+    md.append("")
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())
     return report
 

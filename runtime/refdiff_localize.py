@@ -27,13 +27,18 @@ from .cache import TextEmbeddingCache
 from .ddim import DDIMSchedule
 from .images import preprocess, resize_maps
 from .refdiff_options import check_options
+from .refdiff_released import (attention_to_image, diffusion_pad_input, released_denoise_timesteps,
+                               released_noise_timestep, released_token_index)
 from .refdiff_scores import normalize_map
 from .refer_text import ParsedExpression, target_token_index
 from .text import default_cache_dir, output_dim, text_cache_context
 from .tokenizer import ClipTokenizer
 
 # The localizer's options (the manifest's method_config overrides them, keyword arguments override both).
-LOCALIZER_DEFAULTS: dict[str, Any] = {"guidance": 9.0, "steps": 20, "strength": 0.1, "single_t": None, "seed": 0}
+LOCALIZER_DEFAULTS: dict[str, Any] = {"guidance": 9.0, "steps": 20, "strength": 0.1, "single_t": None, "seed": 0,
+                                      "ddim_noise": "first_timestep", "vae_geometry": "squash",
+                                      "attention_map": "probabilities", "target_rule": "nominal",
+                                      "sd_prompt": "expression", "positive_prompt": ""}
 
 
 def open_bundle(bundle: Bundle | str | Path, provider: str | None, components: Sequence[str], stage: str) -> Bundle:
@@ -68,8 +73,9 @@ class TargetTokens:
 
 class AttentionLocalizer:
     """``AttentionLocalizer(bundle, cache_dir="default", provider=None, **options)``: image latents and the guided-DDIM
-    cross-attention maps ``c`` of target tokens. Options: guidance, steps, strength, single_t, seed
-    (:data:`LOCALIZER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments).
+    cross-attention maps ``c`` of target tokens. Options: guidance, steps, strength, single_t, seed, ddim_noise,
+    vae_geometry, attention_map, target_rule, sd_prompt, positive_prompt (:mod:`.refdiff_presets`;
+    :data:`LOCALIZER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments).
 
     Owns the SD tokenizer, the SD text-state cache (by ``sd_text`` hash, SD tokenizer hash, context length and ids;
     ``cache_dir`` a folder, "default" or None for memory only) and the unconditional (empty prompt) states."""
@@ -89,6 +95,9 @@ class AttentionLocalizer:
         if o["single_t"] is not None and not o["single_t"] < self.schedule.num_train_timesteps:
             raise ValueError(f"Ref-Diff option single_t={o['single_t']}: must be below the scheduler's "
                              f"{self.schedule.num_train_timesteps} training timesteps")
+        if o["attention_map"] == "released_lanczos" and o["vae_geometry"] != "diffusion_pad":
+            raise ValueError("Ref-Diff option attention_map='released_lanczos' crops the padded square back: it "
+                             "needs vae_geometry='diffusion_pad'")
         self.grid: tuple[int, int] = tuple(self.config["attention"]["grid"])  # type: ignore[assignment]
         self.sd_tokenizer = ClipTokenizer.from_manifest(self.bundle.manifest["sd_tokenizer"], self.bundle.path)
         root = default_cache_dir() if cache_dir == "default" else cache_dir
@@ -99,8 +108,15 @@ class AttentionLocalizer:
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 RGB -> 1 x 3 x H' x W' float32 in [-1, 1] (the manifest's ``vae_preprocessing``)."""
-        return preprocess(image, self.config["vae_preprocessing"])
+        """H x W x 3 uint8 RGB -> 1 x 3 x H' x W' float32 in [-1, 1] (the manifest's ``vae_preprocessing``);
+        ``vae_geometry="diffusion_pad"``: first centred on a black square and LANCZOS-resized to the VAE size."""
+        prep = self.config["vae_preprocessing"]
+        if self.options["vae_geometry"] == "diffusion_pad":
+            h, w = (int(v) for v in prep["image_size"])
+            if h != w:
+                raise ValueError(f"vae_geometry='diffusion_pad' needs a square VAE input, the bundle's is {h}x{w}")
+            image = diffusion_pad_input(image, h)
+        return preprocess(image, prep)
 
     def encode_input(self, x: np.ndarray) -> np.ndarray:
         """1 x 3 x H' x W' preprocessed image -> 1 x C x h x w float32 latent (scaled by the VAE's factor)."""
@@ -114,10 +130,20 @@ class AttentionLocalizer:
     def target_tokens(self, parsed: Sequence[ParsedExpression]) -> TargetTokens:
         """The SD token index of each target word (its last BPE piece), whether the text was truncated, and
         whether the target itself was cut off (then the last kept token stands in)."""
-        cut = self.sd_tokenizer.truncated([p.text for p in parsed])
-        found = [target_token_index(self.sd_tokenizer, p.text, p.target_char_span) for p in parsed]
+        cut = self.sd_tokenizer.truncated(self.prompts(parsed))
+        if self.options["target_rule"] == "released_subject":
+            found = [released_token_index(self.sd_tokenizer, p.text, p.target_word) for p in parsed]
+        else:
+            found = [target_token_index(self.sd_tokenizer, p.text, p.target_char_span) for p in parsed]
         last = self.sd_tokenizer.context_length - 2
         return TargetTokens([last if i is None else i for i in found], cut, [i is None for i in found])
+
+    def prompts(self, parsed: Sequence[ParsedExpression]) -> list[str]:
+        """The SD prompts: the expressions, or (``sd_prompt="released_suffix"``) expression + ", " +
+        ``positive_prompt`` as the released ``get_diffattn``."""
+        if self.options["sd_prompt"] == "released_suffix":
+            return [p.text + ", " + self.options["positive_prompt"] for p in parsed]
+        return [p.text for p in parsed]
 
     def text_states(self, texts: list[str]) -> np.ndarray:
         """N texts -> N x 77 x D float32 SD text-encoder hidden states, through the text cache."""
@@ -147,7 +173,21 @@ class AttentionLocalizer:
         o = self.options
         if o["single_t"] is not None:
             return [int(o["single_t"])]
+        if o["ddim_noise"] == "released_t_enc_index":
+            return released_denoise_timesteps(self.schedule.timesteps(int(o["steps"])), int(o["steps"]),
+                                              float(o["strength"]))
         return list(self.schedule.timesteps(int(o["steps"]), float(o["strength"])))
+
+    def noise_timestep(self) -> int:
+        """The timestep the latent is noised to: the first one run, or (``ddim_noise="released_t_enc_index"``)
+        the schedule's entry t_enc = int(strength * steps) as ldm's ``stochastic_encode`` (t=101 for 20 x 0.1)."""
+        o = self.options
+        if o["single_t"] is None and o["ddim_noise"] == "released_t_enc_index":
+            t = released_noise_timestep(self.schedule.timesteps(int(o["steps"])), int(o["steps"]),
+                                        float(o["strength"]))
+            self.schedule.timesteps(int(o["steps"]), float(o["strength"]))  # step() spacing: the same steps
+            return t
+        return self.timesteps()[0]
 
     def attention(self, latent: np.ndarray, states: np.ndarray, tokens: Sequence[int],
                   size: tuple[int, int]) -> np.ndarray:
@@ -171,7 +211,7 @@ class AttentionLocalizer:
             cond = states[s:s + limit]
             n = len(cond)
             ctx = np.concatenate([np.repeat(self.uncond_states(), n, 0), cond]).astype(np.float32)
-            x = np.repeat(self.schedule.add_noise(latent, noise, steps[0]), n, 0)
+            x = np.repeat(self.schedule.add_noise(latent, noise, self.noise_timestep()), n, 0)
             acc = np.zeros((n, width), np.float32)
             for k, t in enumerate(steps):
                 out = self.bundle.run("unet_attn", {"sample": np.concatenate([x, x]),
@@ -183,5 +223,8 @@ class AttentionLocalizer:
                     x = self.schedule.step(uncond + o["guidance"] * (cond_eps - uncond), t, x)
             for a in acc / len(steps):
                 small = normalize_map(a.reshape(self.grid))
-                maps.append(np.clip(resize_maps(small[None], size)[0], 0.0, 1.0))
+                if o["attention_map"] == "released_lanczos":
+                    maps.append(attention_to_image(small, size))
+                else:
+                    maps.append(np.clip(resize_maps(small[None], size)[0], 0.0, 1.0))
         return np.stack(maps) if maps else np.zeros((0, *size), np.float32)

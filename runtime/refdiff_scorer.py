@@ -25,11 +25,14 @@ from .bundle import Bundle
 from .images import preprocess
 from .refdiff_localize import open_bundle, stage_options
 from .refdiff_scores import discriminative_scores, generative_scores, masked_crops, patch_masks
+from .refdiff_released import (RELEASED_WEIGHTS, biased_image, hard_crop, released_generative_scores,
+                               released_position_bias, released_total_scores)
 from .refer_text import ParsedExpression, position_bias
 from .text import TextEncoder
 
 # The scorer's options (the manifest's method_config overrides them, keyword arguments override both).
-SCORER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "beta": 0.3, "hard_branch": "mask", "position_bias": "hard"}
+SCORER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "beta": 0.3, "hard_branch": "mask", "position_bias": "hard",
+                                   "position_rule": "words", "score_rule": "paper", **RELEASED_WEIGHTS}
 # Where P multiplies the image: the released code's hard branch (default, as its DDIM settings), the paper's
 # formula v = beta f_M(x*P) + (1 - beta) f(x*M) (soft), or both.
 BIAS_BRANCHES = ("hard", "soft", "both")
@@ -92,8 +95,11 @@ class ProposalScorer:
     # ------------------------------------------------------------------ text
     def text_embeddings(self, parsed: Sequence[ParsedExpression]) -> np.ndarray:
         """N parsed expressions -> N x D float32 unit-norm r: the mean of the CLIP embeddings of the expression
-        and of its target phrase (one batched, cached ``clip_text`` call for all)."""
+        and of its target phrase (one batched, cached ``clip_text`` call for all); ``score_rule="released"``:
+        N x 2 x D, the unit-norm sentence embedding t and target-phrase embedding k, unmixed."""
         texts = self.text.embed([s for p in parsed for s in (p.text, p.target_phrase)])
+        if self.options["score_rule"] == "released":
+            return texts.reshape(len(parsed), 2, -1).astype(np.float32)
         out = []
         for t in texts.reshape(len(parsed), 2, -1):
             r = t.mean(0)
@@ -115,11 +121,18 @@ class ProposalScorer:
         spec = self.bundle.spec("clip_masked").input("patch_masks")
         grid, limit = tuple(spec.shape[1:]), spec.max[0]
         where = self.options["position_bias"]
-        bias = position_bias(list(directions), *image.shape[:2])
-        biased = np.clip(image * bias[..., None], 0, 255).astype(np.uint8)
+        if self.options["position_rule"] == "released_substring":  # float64 ramp, as released
+            ramp = released_position_bias(" ".join(directions), *image.shape[:2])
+        else:
+            ramp = position_bias(list(directions), *image.shape[:2])
+        biased = np.clip(biased_image(image, ramp), 0, 255).astype(np.uint8)
         x = preprocess(biased if where in ("soft", "both") else image, prep)
         pm = patch_masks(masks, grid)  # type: ignore[arg-type]
-        crops = masked_crops(biased if where in ("hard", "both") else image, masks, self.options["hard_branch"])
+        if self.options["hard_branch"] == "masked_box":  # (x * P) * M cut to M's box, truncated to uint8
+            src = biased_image(image, ramp) if where in ("hard", "both") else image
+            crops = [hard_crop(src, m) for m in masks]
+        else:
+            crops = masked_crops(biased if where in ("hard", "both") else image, masks, self.options["hard_branch"])
         soft, hard = [], []
         for s in range(0, len(masks), limit):
             batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + limit]])
@@ -139,6 +152,12 @@ class ProposalScorer:
         if len(masks) != len(embeddings):
             raise ValueError(f"got {len(masks)} masks but {len(embeddings)} proposal embeddings; embed the same "
                              f"masks that are scored")
+        if self.options["score_rule"] == "released":
+            t, k = np.asarray(text)[0], np.asarray(text)[1]
+            s_g = released_generative_scores(c, masks)
+            w = {key: float(self.options[key]) for key in RELEASED_WEIGHTS}
+            sh, ss, total = released_total_scores(embeddings.crop, embeddings.masked, t, k, s_g, w)
+            return ProposalScores(s_g, (w["hard_weight"] * sh + w["soft_weight"] * ss).astype(np.float32), total)
         alpha = float(self.options["alpha"])
         s_g = generative_scores(c, masks)
         s_d = discriminative_scores(embeddings.masked, embeddings.crop, text, float(self.options["beta"]))

@@ -63,7 +63,8 @@ def patch_masks(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def masked_crops(image: np.ndarray, masks: np.ndarray, mode: str) -> list[np.ndarray]:
     """The hard branch's inputs, uint8 HxWx3 each: ``mask`` = x * M (black outside the mask, the paper);
-    ``crop`` = the bounding box of M cut from x (the official code)."""
+    ``crop`` = the bounding box of M cut from x, unmasked (not the released code, which masks and then cuts the
+    box: :func:`edgeseg.runtime.refdiff_released.hard_crop`, ``hard_branch="masked_box"``)."""
     if mode not in ("mask", "crop"):
         raise ValueError(f"hard_branch {mode!r} is not one of 'mask', 'crop'")
     out = []

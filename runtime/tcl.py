@@ -5,10 +5,15 @@
     res = pred.predict(["circle", "star", "grass"])           # every pixel gets one of the labels
     res = pred.predict(["circle", "star"], background=True)   # pixels whose best mask < 0.4 -> "background"
 
-Pipeline: preprocess -> ``tcl_encoder`` (grounding + MaskCLIP embeddings) -> text embeddings (cached) ->
-``tcl_head`` (mask probabilities at 1/4 resolution) -> bilinear to the model input size -> PAMR with the
-preprocessed image (iterations and dilations from the manifest, overridable) -> bilinear to the image size ->
-optional background threshold -> argmax.
+Pipeline (``order="official"``, TCL's ``generate_masks``): preprocess -> ``tcl_encoder`` (grounding + MaskCLIP
+embeddings) -> text embeddings (cached) -> ``tcl_head`` (the TCL mask and the MaskCLIP term at 1/4 of the
+input) -> PAMR on the TCL mask at that resolution, with the preprocessed image bilinearly resized to it
+(align_corners=True; iterations and dilations from the manifest, overridable) -> kp_weight * MaskCLIP +
+(1 - kp_weight) * TCL (0.3 / 0.7) -> bilinear to the model input -> bilinear to the image size -> optional
+background threshold -> argmax. ``order="mix-first"`` (edgeseg's earlier order, and the only one of bundles
+exported before the head had two outputs): mix, bilinear to the model input, PAMR there. Sliding windows
+(``segment(..., window=...)``; TCL's evaluation: short side 448, window 448, stride 224) run this per window
+and average the windows' masks where they overlap.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from .images import resize_maps
 from .lseg import LSegResult
 from .pamr import DEFAULT_DILATIONS, DEFAULT_ITERATIONS, _check, pamr
 from .predictor_base import ImageState, TwoPhasePredictor, parse_labels
+from .resample import resize_linear
 
 BACKGROUND = "background"
+ORDERS = ("official", "mix-first")  # PAMR on the TCL mask then mix (TCL's code) | mix then PAMR at input size
 
 
 @dataclass
@@ -48,9 +55,10 @@ class TCLPredictor(TwoPhasePredictor):
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, postprocess: bool = True, pamr_iterations: int | None = None,
-                 pamr_dilations: Sequence[int] | None = None):
+                 pamr_dilations: Sequence[int] | None = None, order: str | None = None):
         """``postprocess``: run PAMR (default on). ``pamr_iterations`` / ``pamr_dilations`` override the
-        manifest's (defaults 10 and [1, 2, 4, 8, 12, 24])."""
+        manifest's (defaults 10 and [1, 2, 4, 8, 12, 24]). ``order``: "official" (the default) or "mix-first"
+        (see the module docstring); bundles whose head mixes in the graph support only "mix-first"."""
         super().__init__(bundle, cache_dir, provider)
         pcfg = self.config.get("pamr", {})
         self.pamr_iterations = (pcfg.get("iterations", DEFAULT_ITERATIONS) if pamr_iterations is None
@@ -60,6 +68,33 @@ class TCLPredictor(TwoPhasePredictor):
         _check(self.pamr_iterations, self.pamr_dilations)
         self.postprocess = bool(postprocess)
         self.bg_threshold = float(self.config.get("bg_threshold", 0.4))
+        outputs = [t.name for t in self.bundle.spec("tcl_head").outputs]
+        self.mixed_in_graph = outputs == ["masks"]
+        self.kp_weight = float(self.config.get("kp_weight", 0.3))
+        default = "mix-first" if self.mixed_in_graph else self.config.get("order", "official")
+        self.order = default if order is None else order
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {list(ORDERS)}, got {self.order!r}")
+        if self.mixed_in_graph and self.order != "mix-first":
+            raise ValueError(f"bundle {self.bundle.path} mixes the TCL and MaskCLIP masks inside tcl_head (exported "
+                             f"before the official order): only order='mix-first' runs on it; re-export it for "
+                             f"order='official'")
+
+    def _refine(self, head: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+        """One image's head outputs (C x h x w each) and its preprocessed input 3 x H x W -> C x H x W masks in
+        the configured order, PAMR included when post-processing is on."""
+        size = image.shape[1:]
+        if self.mixed_in_graph or self.order == "mix-first":
+            masks = head["masks"] if self.mixed_in_graph else (
+                self.kp_weight * head["kp_masks"] + (1.0 - self.kp_weight) * head["tcl_masks"])
+            masks = resize_maps(masks.astype(np.float32), size)
+            return pamr(image, masks, self.pamr_iterations, self.pamr_dilations) if self.postprocess else masks
+        masks = head["tcl_masks"].astype(np.float32)
+        if self.postprocess:
+            small = resize_linear(image, masks.shape[1:], align_corners=True)
+            masks = pamr(small, masks, self.pamr_iterations, self.pamr_dilations)
+        masks = self.kp_weight * head["kp_masks"] + (1.0 - self.kp_weight) * masks
+        return resize_linear(masks.astype(np.float32), size)
 
     def _threshold(self, background: bool | float) -> float | None:
         if background is False or background is None:
@@ -85,13 +120,15 @@ class TCLPredictor(TwoPhasePredictor):
         names, text, cut, text_ms = self._embed_labels(labels)
         t1 = time.perf_counter()
         feeds = {"grounding_embeds": embeds["grounding_embeds"], "clip_dense_embeds": embeds["clip_dense_embeds"]}
-        masks = self.bundle.run("tcl_head", dict(feeds, text_embeds=text))["masks"][0]
+        head = self._run_batched("tcl_head", feeds, {"text_embeds": text})
         t2 = time.perf_counter()
-        x = st.input
-        masks = resize_maps(masks.astype(np.float32), x.shape[2:])
-        if self.postprocess:
-            masks = pamr(x[0], masks, self.pamr_iterations, self.pamr_dilations)
-        label_map, probs = self._to_image_size(masks, st.size, full_probabilities, threshold)
+        if st.tiling is None:
+            masks = self._refine({k: v[0] for k, v in head.items()}, st.input[0])
+            label_map, probs = self._to_image_size(masks, st.size, full_probabilities, threshold)
+        else:  # sliding windows: each window's masks at the window size, averaged where windows overlap
+            tiles = st.tiling.cut(st.input, self._pad_value())
+            masks = np.stack([self._refine({k: v[i] for k, v in head.items()}, tiles[i]) for i in range(len(tiles))])
+            label_map, probs = self._tiled_to_image_size(st.tiling.blend(masks), st, full_probabilities, threshold)
         if threshold is not None:
             names = names + [BACKGROUND]
         t3 = time.perf_counter()

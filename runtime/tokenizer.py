@@ -6,21 +6,16 @@ Produces exactly what ``open_clip.get_tokenizer('ViT-B-16')(texts)`` produces
 its last id is replaced by eot. The BPE itself runs from the ``tokenizer.json``
 written by ``edgeseg.export.tokenizer.build_clip_tokenizer_json``.
 
-Text cleaning is re-implemented here with the standard library, in open_clip's
-order: ``ftfy.fix_text`` -> ``html.unescape`` twice -> strip -> collapse
-whitespace (``str.split``) -> ``str.lower``. The json's own (approximate)
-normalizer is switched off so nothing is normalized twice.
+Text cleaning follows open_clip's order: ``ftfy.fix_text`` (ftfy is a runtime
+dependency, so mojibake repair such as ``"cafÃ©"`` -> ``"café"`` is exact) ->
+``html.unescape`` twice -> strip -> collapse whitespace (``str.split``) ->
+``str.lower``. :func:`fix_text_lite`, a standard-library re-implementation of
+every ftfy step but mojibake repair, serves only where ftfy is not installed.
+The json's own (approximate) normalizer is switched off so nothing is
+normalized twice.
 
 Known, documented differences from open_clip (all outside ToyWorld / plain text):
 
-* ftfy's mojibake repair (``fix_encoding``: e.g. ``"cafÃ©"`` -> ``"café"``, and
-  the related handling of stray C1 controls / ``\\xa0`` in such text) is not
-  reproduced: it needs ftfy's heuristics and tables. Every other ftfy step
-  (HTML entities, C1 controls as Windows-1252, Latin ligatures, full/half-width
-  forms, curly quotes, line breaks, surrogates, terminal escapes, control
-  characters, NFC) is reproduced exactly. ASCII text differs only when its HTML
-  entities decode to mojibake (``"caf&Atilde;&copy;"``: open_clip "café", here
-  "cafã©"), since ftfy never "repairs" ASCII or normal non-ASCII text.
 * Literal ``<start_of_text>``/``<end_of_text>`` in a prompt are tokenized exactly
   like open_clip (special id, unless glued to a preceding symbol run).
 * Letter/number classes come from the Oniguruma regex engine inside
@@ -159,9 +154,19 @@ def fix_text_lite(text: str) -> str:
     return "".join(out)
 
 
+def _fix_text(text: str) -> str:
+    """``ftfy.fix_text`` (a runtime dependency: mojibake repair included); :func:`fix_text_lite` only where ftfy
+    is not installed."""
+    try:
+        import ftfy
+    except ImportError:  # pragma: no cover - ftfy is in the runtime extra
+        return fix_text_lite(text)
+    return ftfy.fix_text(text)
+
+
 def clean_text(text: str) -> str:
     """open_clip's ``clean='lower'`` cleaning: ftfy, unescape x2, whitespace, lower-case."""
-    text = html.unescape(html.unescape(fix_text_lite(text))).strip()
+    text = html.unescape(html.unescape(_fix_text(text))).strip()
     return " ".join(text.split()).strip().lower()
 
 

@@ -5,7 +5,9 @@ level or inside a function) and by importing the torch-free layers in a process 
 - runtime never reaches torch & co., train or export, directly or through what it imports;
 - the torch-free half of export (``edgeseg.export.build``: build, precision, quantize, lint, TensorRT engines)
   never reaches torch & co.;
-- the CLI and the evaluations import no torch when they are imported (their torch paths are lazy).
+- the CLI and the evaluations import no torch when they are imported (their torch paths are lazy);
+- serving (``edgeseg.serve``: edgeseg serve, the Triton model repository) never reaches torch & co., train or
+  export, directly or through what it imports.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"edgeseg.train": ROOT / "train", "edgeseg.export": ROOT / "export", "edgeseg.runtime": ROOT / "runtime"}
+LAYERS = {"edgeseg.train": ROOT / "train", "edgeseg.export": ROOT / "export", "edgeseg.runtime": ROOT / "runtime",
+          "edgeseg.serve": ROOT / "serve"}
 TORCH_FAMILY = ("torch", "torchvision", "open_clip", "safetensors", "diffusers", "transformers", "segment_anything",
                 "onnxscript", "polygraphy")
 
@@ -102,6 +105,9 @@ def violations(mods: dict[str, Path]) -> list[str]:
         if m.startswith("edgeseg.runtime"):
             rules.append(("runtime reaches torch, train or export", True,
                           TORCH_FAMILY + ("edgeseg.train", "edgeseg.export", "edgeseg.cli")))
+        if m.startswith("edgeseg.serve"):
+            rules.append(("serve reaches torch, train or export", True,
+                          TORCH_FAMILY + ("edgeseg.train", "edgeseg.export", "edgeseg.cli")))
         if m.startswith("edgeseg.export.build"):
             rules.append(("torch-free build reaches torch", True, TORCH_FAMILY))
         if m.startswith("edgeseg.export.evaluation") or m in ("edgeseg", "edgeseg.cli", "edgeseg.methods"):
@@ -164,7 +170,8 @@ BLOCKED_IMPORTS = textwrap.dedent("""
     (["edgeseg.runtime"], TORCH_FAMILY + ("edgeseg.train", "edgeseg.export")),
     (["edgeseg.export.build"], TORCH_FAMILY),
     (["edgeseg.export.evaluation", "edgeseg.cli"], TORCH_FAMILY),
-], ids=["runtime", "export.build", "evaluation+cli"])
+    (["edgeseg.serve"], TORCH_FAMILY + ("edgeseg.train", "edgeseg.export")),
+], ids=["runtime", "export.build", "evaluation+cli", "serve"])
 def test_torch_free_layers_import_with_torch_blocked(packages, blocked):
     out = subprocess.run([sys.executable, "-c", BLOCKED_IMPORTS, json.dumps(blocked), json.dumps(packages)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -3,6 +3,8 @@
 Registry (architecture only; weights and preprocessing live in :data:`CLIP_WEIGHTS`):
 - ``ViT-B-16``: full size, open_clip's own config (GELU). ``ViT-B-16-quickgelu``: the OpenAI variant.
 - ``toy-tiny``: a small CLIP for ToyWorld (96 px, patch 8, 128-d embeddings), from ``configs/``.
+- ``ViT-B-32-quickgelu``: OpenAI's ViT-B/32 (the text tower of lang-seg's LSeg); ``clip-tiny-official``: a tiny
+  OpenAI-style CLIP (77 tokens, QuickGELU) for CI tests of the official LSeg / TCL layouts.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ CLIP_CONFIGS = {
     "ViT-B-16": {"open_clip": "ViT-B-16", "quick_gelu": False},
     "ViT-B-16-quickgelu": {"open_clip": "ViT-B-16", "quick_gelu": True},
     "toy-tiny": {"file": "clip-toy-tiny.json"},
+    # OpenAI CLIPs of the official LSeg (ViT-B/32 text tower) and TCL (ViT-B/16) checkpoints, and tiny test twins
+    "ViT-B-32-quickgelu": {"open_clip": "ViT-B-32", "quick_gelu": True},
+    "clip-tiny-official": {"file": "clip-tiny-official.json"},
 }
 # Weights and preprocessing, separate from architecture (open_clip's pretrained table plays this role).
 CLIP_WEIGHTS = {
     "ViT-B-16": {"source": "user file (open_clip checkpoint), or random init", "mean": OPENAI_MEAN, "std": OPENAI_STD},
     "ViT-B-16-quickgelu": {"source": "user file (OpenAI/open_clip checkpoint)", "mean": OPENAI_MEAN, "std": OPENAI_STD},
     "toy-tiny": {"source": "train/checkpoints/clip_toy", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)},
+    "ViT-B-32-quickgelu": {"source": "inside a lang-seg checkpoint (clip_pretrained.*)", "mean": OPENAI_MEAN,
+                           "std": OPENAI_STD},
+    "clip-tiny-official": {"source": "random (tests of the official layouts)", "mean": OPENAI_MEAN, "std": OPENAI_STD},
 }
 
 

@@ -197,16 +197,28 @@ def convert_single_file(state: dict[str, torch.Tensor], arch: dict[str, dict]
     except (KeyError, IndexError) as e:
         raise ValueError(f"the single-file checkpoint does not match the {arch['unet'].get('block_out_channels')} "
                          f"UNet / VAE configs (missing {e}); is it an SD 1.x checkpoint?") from e
+    return unet_sd, vae_sd, convert_text_encoder(state)
+
+
+def convert_text_encoder(state: dict[str, torch.Tensor], module_keys: Any = None) -> dict[str, torch.Tensor]:
+    """The ``cond_stage_model.transformer.*`` weights of an original LDM checkpoint -> the state dict of
+    transformers' ``CLIPTextModel``. Real SD 1.x files carry ``cond_stage_model.transformer.text_model.*``; older
+    exports and diffusers' own conversion script differ by the ``text_model.`` level. Keys are first stripped of it,
+    then given it back only where the target module's own keys (``module_keys``; None: transformers 5's layout,
+    without ``text_model.``) use it."""
+    prefix = "cond_stage_model.transformer."
     text_sd = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    text_sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in text_sd.items()}
-    return unet_sd, vae_sd, text_sd
+    text_sd = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in text_sd.items()}
+    nested = module_keys is not None and any(str(k).startswith("text_model.") for k in module_keys)
+    return {("text_model." + k if nested else k): v for k, v in text_sd.items()}
 
 
 def _load_single_file(name: str, path: Path) -> tuple[nn.Module, nn.Module, nn.Module]:
     state = _read_single_file(path)
     text, vae, unet = build_modules(_arch(name))
     # convert against the full configs of the built modules (diffusers defaults filled in)
-    unet_sd, vae_sd, text_sd = convert_single_file(state, {"unet": dict(unet.config), "vae": dict(vae.config)})
+    unet_sd, vae_sd, _ = convert_single_file(state, {"unet": dict(unet.config), "vae": dict(vae.config)})
+    text_sd = convert_text_encoder(state, text.state_dict().keys())
     _load_into(unet, unet_sd, "unet")
     _load_into(vae, vae_sd, "vae")
     _load_into(text, text_sd, "text_encoder")

@@ -168,16 +168,24 @@ class TCL(nn.Module):
         """ground B x D x h x w (unit norm), text C x D (unit norm) -> w cos + b, B x C x h x w."""
         return self.w * torch.einsum("bdhw,cd->bchw", ground, text) + self.b
 
-    def head(self, ground: torch.Tensor, dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Inference masks B x C x H/4 x W/4 in [0, 1]: the TCL mask mixed with the frozen MaskCLIP one."""
+    def head_terms(self, ground: torch.Tensor, dense: torch.Tensor,
+                   text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two inference terms, B x C x H/4 x W/4 each in [0, 1]: the TCL mask sigmoid(w cos + b) and the
+        frozen MaskCLIP one sigmoid((cos - 0.25) 10), bilinearly upsampled from the patch grid (TCL's kp branch).
+        The official inference refines the first with PAMR, then mixes (:meth:`head`)."""
         c = self.config
         mask = torch.sigmoid(self.mask_logits(ground, text))
-        if not c.kp_weight:
-            return mask
         kp = torch.sigmoid((torch.einsum("bdhw,cd->bchw", dense, text) - c.kp_offset) * c.kp_scale)
         if self.kp_upsample != 1.0:
             kp = F.interpolate(kp, scale_factor=self.kp_upsample, mode="bilinear", align_corners=False)
-        return c.kp_weight * kp + (1.0 - c.kp_weight) * mask
+        return mask, kp
+
+    def head(self, ground: torch.Tensor, dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Inference masks B x C x H/4 x W/4 in [0, 1] without PAMR: the TCL mask mixed with the frozen
+        MaskCLIP one (kp_weight kp + (1 - kp_weight) mask)."""
+        mask, kp = self.head_terms(ground, dense, text)
+        w = self.config.kp_weight
+        return w * kp + (1.0 - w) * mask if w else mask
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """images B x 3 x H x W, text C x D (unit norm) -> inference masks B x C x H/4 x W/4."""

@@ -304,7 +304,7 @@ def bench_components(cases: list[str], backends: list[str] | None = None, batche
                         continue
                     b = BACKENDS[name]
                     lat = latency_stats(times[name])
-                    peak = device_peak_gflops(doc["machine"], b.device, b.precision)
+                    peak = device_peak_gflops(doc["machine"], b.device, b.precision, threads)
                     frac = fl.total / (lat["p50_ms"] / 1e3) / (peak * 1e9) if peak and fl.total else None
                     mem = measure_memory(runner, b, feeds, threads) if memory else {}
                     doc["rows"].append(make_row(

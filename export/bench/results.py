@@ -122,12 +122,48 @@ def machine_info() -> dict:
             "gpu": _gpu_facts()}
 
 
-def device_peak_gflops(machine: dict, device: str, precision: str) -> float | None:
-    """Nominal peak GFLOP/s (GOP/s for int8) of the device a backend runs on, or None when unknown.
+_GEMM_CACHE: dict[tuple[int, int], float] = {}
 
-    CPU: cores x clock x FLOP/cycle of the widest FP32 FMA unit (AVX-512: 64, AVX2+FMA: 32); int8 x4 with VNNI
-    (dot products of 4 int8 per 32-bit lane), fp16 as fp32 (no FP16 arithmetic in ONNX Runtime's CPU kernels).
-    GPU: :data:`GPU_PEAKS_T` by name. ``EDGESEG_PEAK_GFLOPS`` overrides both (e.g. for a Jetson).
+
+def measured_gemm_gflops(threads: int = 2, n: int = 1024, repeats: int = 5) -> float | None:
+    """FP32 GEMM GFLOP/s measured on this CPU at start: ONNX Runtime's MatMul (MLAS, the kernel the ort-cpu
+    rows run) of two n x n matrices with ``threads`` threads, best of ``repeats``; cached per process. None
+    when onnxruntime or onnx is missing."""
+    if (threads, n) in _GEMM_CACHE:
+        return _GEMM_CACHE[threads, n]
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "B")
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    sess.run(None, {"A": a})
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {"A": a})
+        best = min(best, time.perf_counter() - t)
+    _GEMM_CACHE[threads, n] = 2 * n ** 3 / best / 1e9
+    return _GEMM_CACHE[threads, n]
+
+
+def device_peak_gflops(machine: dict, device: str, precision: str, threads: int = 2) -> float | None:
+    """Peak GFLOP/s of the device a backend runs on, or None when not known.
+
+    CPU: measured, not assumed (:func:`measured_gemm_gflops`, the FP32 GEMM ONNX Runtime reaches here with the
+    bench's threads); FP16 rows use it too (ONNX Runtime's CPU kernels compute FP16 graphs in FP32); INT8 rows
+    get None (no INT8 GEMM is measured, so no fraction is claimed). GPU: :data:`GPU_PEAKS_T` by name.
+    ``EDGESEG_PEAK_GFLOPS`` overrides both (e.g. for a Jetson).
     """
     precision = "int8" if precision.startswith("int8") else precision
     if os.environ.get("EDGESEG_PEAK_GFLOPS"):
@@ -138,15 +174,9 @@ def device_peak_gflops(machine: dict, device: str, precision: str) -> float | No
             if all(part in name for part in key.split()):
                 return peaks[precision] * 1e3
         return None
-    flags, mhz, cores = set(machine.get("flags", [])), machine.get("mhz"), machine.get("cores")
-    if not mhz or not cores:
+    if precision == "int8":
         return None
-    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else None
-    if per_cycle is None:
-        return None
-    fp32 = cores * mhz / 1e3 * per_cycle
-    vnni = flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    return fp32 * (4 if precision == "int8" and vnni else 1)
+    return measured_gemm_gflops(threads)
 
 
 def versions() -> dict:

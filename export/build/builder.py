@@ -13,6 +13,10 @@ anything is written) a manifest naming a file that is not a plain name inside th
 writes only under names it chooses inside its staging folder: ``<component>.onnx``, ``<component>.onnx.data``
 (external data, one file, for graphs that had it or exceed 2 GB), ``<component>.plan``, ``tokenizer.json``.
 
+INT8 calibration: a method of ``calib_pipeline.PIPELINE_METHODS`` (Ref-Diff) is calibrated on the feeds its
+own FP32 runtime pipeline gives each component (recorded, spooled to disk, streamed back in strides, with the
+estimated peak printed per component); other methods on feeds chosen by input names (``quantize.component_feeds``).
+
 Torch-free (onnx + onnxruntime + the runtime), so it also runs on the target device. Two workflows for
 TensorRT: build FP16/INT8 ONNX and engines in one go on the device, or convert on a workstation and pass the
 converted bundle to ``--backend trt`` on the device with the same ``--precision`` (graphs are then copied
@@ -32,6 +36,7 @@ from edgeseg.runtime.integrity import check_name
 from edgeseg.runtime.manifest import tokenizer_keys
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 
+from edgeseg.export.build.calib_pipeline import PIPELINE_METHODS, drop_spool, estimate_peak, pipeline_spool
 from edgeseg.export.build.external import copy_graph, finalize
 from edgeseg.export.build.lint import TARGETS, lint_file
 from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
@@ -69,7 +74,6 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
                  progress: bool = True) -> Path:
     """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder.
     ``backend``: a name of ``edgeseg.runtime.backends.BACKENDS`` (``tensorrt``, the old name of ``trt``, warns)."""
-    from tqdm import tqdm
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
@@ -94,6 +98,39 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
         require_tensorrt()  # fail before any work when TensorRT is absent
     calib = calibration_set(calib_n, calib_images, calib_texts,
                             size=man["preprocessing"]["image_size"][0]) if precision == "int8" and convert else None
+    spool = None
+    if calib is not None and man.get("method") in PIPELINE_METHODS:  # feeds recorded from the FP32 pipeline
+        spool, summary = pipeline_spool(man["method"], source.path, calib, cap=4 * calib_n, progress=progress)
+        calib.source = dict(calib.source, pipeline={"method": man["method"], "components": summary})
+    try:
+        return _build(source, man, precision, backend, out, convert, have, calib, spool, lint_targets,
+                      trt_options, progress)
+    finally:
+        if spool is not None:
+            drop_spool(spool)
+
+
+def _int8_component(name: str, comp: dict, man: dict, source: Bundle, src_file: Path, dst_file: Path, calib,
+                    spool, exclude: tuple[str, ...], external: bool, progress: bool) -> dict:
+    """Quantize one component: from the pipeline spool (streamed in strides, estimated peak printed) when
+    the pipeline ran it, else from feeds chosen by its input names."""
+    if spool is None or not spool.files(name):
+        return quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib), exclude=exclude,
+                             external=external)
+    reader = spool.reader(name)
+    est = estimate_peak(src_file, reader)
+    if progress:
+        mb = 1 << 20
+        print(f"calibrating {name}: {len(reader)} pipeline samples, stride {est['stride']}, estimated peak "
+              f"{est['peak'] / mb:.0f} MB (weights {est['weights'] / mb:.0f} MB x 3 + {est['stride']} x "
+              f"{est['per_sample'] / mb:.1f} MB activations)", flush=True)
+    done = quantize_int8(src_file, dst_file, reader, exclude=exclude, external=external, stride=est["stride"])
+    return dict(done, calibration_stride=est["stride"], estimated_peak_mb=round(est["peak"] / (1 << 20), 1))
+
+
+def _build(source: Bundle, man: dict, precision: str, backend: str, out: Path, convert: bool, have: str, calib,
+           spool, lint_targets: tuple[str, ...], trt_options: dict | None, progress: bool) -> Path:
+    from tqdm import tqdm
 
     with staged_dir(out) as tmp:
         comps, lint_summary = {}, {}
@@ -109,8 +146,8 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
                 rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]), external=external)
                 done = {"nodes": rep.nodes, "nodes_fp32": rep.nodes_fp32, "clipped_constants": rep.clipped_constants}
             elif precision == "int8":
-                done = quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib),
-                                     exclude=tuple(recipe["exclude"]), external=external)
+                done = _int8_component(name, comp, man, source, src_file, dst_file, calib, spool,
+                                       tuple(recipe["exclude"]), external, progress)
             elif precision == "int8dyn":
                 done = quantize_int8_dynamic(src_file, dst_file, exclude=tuple(recipe["exclude"]), external=external)
             data = finalize(dst_file)  # [] or ["<name>.onnx.data"]

@@ -16,7 +16,8 @@ INT8 policy (``INT8_POLICY``, written into every INT8 bundle's manifest):
   ``exclude_patterns`` apply to every component.
 - Calibration: Percentile (99.999th; 0.955 vs MinMax 0.950 in the study) over task inputs: ToyWorld scenes
   (``train`` split, a seed apart from every evaluation seed) and ToyWorld captions / class names / referring
-  expressions for text towers, or a user's image folder and text file (:func:`calibration_set`).
+  expressions for text towers, or a user's image folder and text file (:func:`calibration_set`). Ref-Diff's
+  components are calibrated on what its FP32 pipeline feeds them (:mod:`.calib_pipeline`).
 A component with no quantizable op (the LSeg head) is kept in FP32 and the manifest says so.
 
 ``int8dyn`` (ONNX Runtime CPU only, :func:`quantize_int8_dynamic`): int8 weights (per channel, symmetric) and
@@ -30,6 +31,8 @@ cannot build MatMulInteger: Q/DQ ``int8`` stays the portable INT8.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -68,6 +71,7 @@ class CalibrationSet:
     images: list[np.ndarray]
     texts: list[str]
     source: dict = field(default_factory=dict)
+    image_texts: list[list[str]] = field(default_factory=list)  # per image its own texts (ToyWorld), or []
 
 
 def calibration_set(n: int = DEFAULT_CALIB_N, images: str | Path | None = None, texts: str | Path | None = None,
@@ -110,7 +114,8 @@ def calibration_set(n: int = DEFAULT_CALIB_N, images: str | Path | None = None, 
             txt += [scene.caption] + [e.text for e in scene.expressions[:2]]
         txt = txt[:max(4 * n, len(CLASSES))]
         source["texts"] = {"toyworld": "train", "seed": seed, "kinds": "class names, captions, expressions"}
-    return CalibrationSet(imgs, txt, source)
+    pairs = [[e.text for e in world[i].expressions] for i in range(len(imgs))] if images is None else []
+    return CalibrationSet(imgs, txt, source, pairs)
 
 
 def is_default_calibration(source: dict | None) -> bool:
@@ -167,9 +172,12 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np.ndarray]],
-                  policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = (), external: bool = False) -> dict:
+                  policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = (), external: bool = False,
+                  stride: int | None = None) -> dict:
     """FP32 ONNX -> Q/DQ INT8 ONNX calibrated on ``feeds``. Returns what was done, for the manifest.
-    ``external``: write the weights to ``<dst>.data`` (a source with external data)."""
+    ``external``: write the weights to ``<dst>.data`` (a source with external data). ``stride``: with a
+    :class:`~.calib_pipeline.SpoolReader` as ``feeds``, collect that many samples at a time (bounded memory;
+    also lets samples differ in their dynamic dims)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -187,21 +195,24 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
             self.count += item is not None
             return item
 
-    reader = _Reader()
+    reader = feeds if stride else _Reader()
     methods = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy,
                "Percentile": CalibrationMethod.Percentile}
     if policy.calibrate_method not in methods:
         raise ValueError(f"unknown calibrate_method {policy.calibrate_method!r}; choose one of {sorted(methods)}")
     hint = _DropPreprocessHint()  # ORT suggests quant_pre_process, which fails on our TorchScript exports
     logging.getLogger().addFilter(hint)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if stride else contextlib.nullcontext()  # per-stride prints
     try:
-        quantize_static(
-            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8, per_channel=policy.per_channel,
-            op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
-            calibrate_method=methods[policy.calibrate_method], use_external_data_format=external,
-            extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
-                           "QuantizeBias": False})  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
+        with quiet:
+            quantize_static(
+                str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, per_channel=policy.per_channel,
+                op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
+                calibrate_method=methods[policy.calibrate_method], use_external_data_format=external,
+                extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
+                               "QuantizeBias": False,  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
+                               **({"CalibStridedMinMax": stride} if stride else {})})
     finally:
         logging.getLogger().removeFilter(hint)
     if reader.count == 0:

@@ -97,5 +97,6 @@ def eval_refdiff(bundle: str | Path, n: int = 200, seed: int = 0, cache_dir="def
         times.append(res.timings_ms)
     return RefEvalResult(n, seed, str(bundle), {m: v.to_dict() for m, v in metrics.items()},
                          {k: v.to_dict() for k, v in by_kind.items() if v.ious},
-                         dict(pred.options), {k: float(np.median([t[k] for t in times])) for k in times[0]},
+                         dict(pred.options, preset=pred.preset),
+                         {k: float(np.median([t[k] for t in times])) for k in times[0]},
                          float(np.mean(counts)), parser, round(time.perf_counter() - t0, 1))

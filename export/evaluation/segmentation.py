@@ -48,16 +48,17 @@ class EvalResult:
 
 def eval_method(method: str | None, bundle: str | Path, split: str = "seen", n: int = 200, seed: int = 0,
                 cache_dir="default", compare_torch: str | Path | None = None, progress: bool = True,
-                postprocess: bool = True) -> EvalResult:
+                postprocess: bool = True, options: dict | None = None) -> EvalResult:
     """mIoU of a bundle on ``n`` ToyWorld scenes through the runtime predictor of ``method`` (None: the
     bundle's). ``compare_torch`` (a checkpoint of that method, where its registry entry has a PyTorch reference) adds
-    the runtime-vs-PyTorch label-map agreement on the same scenes."""
+    the runtime-vs-PyTorch label-map agreement on the same scenes. ``options``: more predictor arguments (TCL:
+    ``order``)."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"unknown eval split {split!r}; choose one of {sorted(EVAL_SPLITS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     world_split, labels = EVAL_SPLITS[split]
-    pred = load_predictor(bundle, method, cache_dir=cache_dir, postprocess=postprocess)
+    pred = load_predictor(bundle, method, cache_dir=cache_dir, postprocess=postprocess, **(options or {}))
     method = pred.bundle.method
     references = sorted(m.name for m in METHODS.values() if m.torch_reference_path)
     if compare_torch and method not in references:
@@ -65,7 +66,8 @@ def eval_method(method: str | None, bundle: str | Path, split: str = "seen", n: 
     size = pred.bundle.preprocessing["image_size"][0]
     world = ToyWorld(world_split, seed, ToyWorldConfig(size=size))
     lut, cm = label_lut(labels), ConfusionMatrix(len(labels))
-    torch_fn = METHODS[method].torch_reference()(compare_torch, labels) if compare_torch else None
+    ref_options = {"order": options["order"]} if options and "order" in options else {}
+    torch_fn = METHODS[method].torch_reference()(compare_torch, labels, **ref_options) if compare_torch else None
     agree, total, times = 0, 0, []
     for i in tqdm(range(n), desc=f"eval {method} {split}", disable=not progress):
         scene = world[i]

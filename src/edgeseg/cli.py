@@ -163,10 +163,15 @@ def _segment(a: argparse.Namespace) -> None:
     from edgeseg.runtime.visualize import image_format, overlay, save_image
 
     image_format(a.out)
-    pred = load_predictor(a.bundle, a.method, provider=a.provider, cache_dir=a.cache_dir,
-                          postprocess=not a.no_post)
+    from edgeseg.runtime.bundle import Bundle
+
+    bundle = Bundle(a.bundle, provider=a.provider)
+    if a.order and bundle.method != "tcl":
+        raise ValueError(f"--order applies to TCL bundles; {a.bundle} holds method {bundle.method!r}: drop --order")
+    pred = load_predictor(bundle, a.method, cache_dir=a.cache_dir, postprocess=not a.no_post,
+                          **({"order": a.order} if a.order else {}))
     image = load_image(a.image, max_pixels=a.max_pixels)
-    res = pred.segment(image, a.labels)
+    res = pred.segment(image, a.labels, window=a.window, stride=a.stride)
     save_image(overlay(image, res.label_map, res.labels, title=", ".join(res.labels), max_width=a.max_overlay_width),
                a.out)
     share = {l: round(float((res.label_map == i).mean()), 4) for i, l in enumerate(res.labels)}
@@ -183,7 +188,7 @@ def _refer(a: argparse.Namespace) -> None:
     options = {k: v for k, v in (("proposals", a.proposals), ("single_t", a.single_t), ("seed", a.seed)) if v is not None}
     if a.no_parser:
         options["parser"] = None
-    pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, **options)
+    pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, preset=a.preset, **options)
     image = load_image(a.image, max_pixels=a.max_pixels)
     pred.set_image(image)
     results = pred.predict_many(a.expression)
@@ -207,11 +212,14 @@ def _eval(a: argparse.Namespace) -> None:
     spec = get_method(a.method)
     bundle = a.bundle or f"engines/{spec.name}_toy"
     if spec.kind == "referring":
-        res = spec.evaluate()(bundle, a.n, a.seed, **({"position_bias": a.position_bias} if a.position_bias else {}))
+        res = spec.evaluate()(bundle, a.n, a.seed, preset=a.preset,
+                              **({"position_bias": a.position_bias} if a.position_bias else {}))
         doc = res.to_dict()
     else:
+        if a.order and spec.name != "tcl":
+            raise ValueError(f"--order applies to TCL; drop it for {spec.name}")
         res = spec.evaluate()(spec.name, bundle, a.split, a.n, a.seed, compare_torch=a.compare_torch,
-                              postprocess=not a.no_post)
+                              postprocess=not a.no_post, options={"order": a.order} if a.order else None)
         doc = res.__dict__
     print(res.summary())
     if a.json:
@@ -245,6 +253,11 @@ def _bench(a: argparse.Namespace) -> None:
 
         doc = bench_components(a.targets or list(CASES)[:3], a.backends, tuple(a.batch), a.iters, a.warmup,
                                a.threads, memory=not a.no_memory, workdir=a.workdir)
+    elif a.what == "pipeline" and _bundle_method(a.targets[0] if a.targets else "") == "refdiff":
+        from edgeseg.export.bench.refdiff_pipeline import bench_refdiff
+
+        doc = bench_refdiff(a.targets[0], a.backends, tuple(a.k), a.iters, a.warmup, a.threads, a.images, a.size,
+                            a.workdir)
     elif a.what == "pipeline":
         from edgeseg.export.bench.pipelines import bench_pipeline
 
@@ -263,6 +276,62 @@ def _bench(a: argparse.Namespace) -> None:
     written = write_document(doc, out)
     print(markdown(doc))
     print("wrote " + ", ".join(str(p) for p in written))
+    if doc["rows"] and all(r.get("skipped") for r in doc["rows"]):
+        sys.exit("bench: every row was skipped: " + "; ".join(f"{r['backend']}: {r['skipped']}" for r in doc["rows"]))
+
+
+def _bundle_method(path: str) -> str | None:
+    """The method a bundle folder's manifest names, or None (no folder / manifest)."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("method")
+    except (OSError, ValueError):
+        return None
+
+
+def _serve(a: argparse.Namespace) -> None:
+    """edgeseg serve (issue 17): Triton Inference Server (nvidia-pytriton) with one model per bundle."""
+    from edgeseg.serve.app import default_threads, run_forever
+    from edgeseg.serve.config import Batching
+    from edgeseg.serve.repository import ModelOptions
+    from edgeseg.serve.server import Ports
+
+    options = ModelOptions(a.provider, a.threads or default_threads(a.instances), a.cache_dir,
+                           {"postprocess": False} if a.no_post else {}, a.max_pixels, a.max_expressions)
+    run_forever(a.bundles, a.name, Ports(a.http_port, a.grpc_port, a.metrics_port), a.host, a.instances,
+                Batching(a.max_batch, None if a.no_dynamic_batching else a.max_queue_delay_us), options,
+                a.exit_timeout, duration_s=a.duration)
+
+
+def _triton_repo(a: argparse.Namespace) -> None:
+    """edgeseg triton-repo (issue 17): a model repository for the standard Triton container."""
+    from edgeseg.serve.config import Batching
+    from edgeseg.serve.repository import ModelOptions, export_repository
+
+    written = export_repository(a.bundles, a.out, a.name, Batching(a.max_batch, None if a.no_dynamic_batching
+                                                                  else a.max_queue_delay_us), a.instances, a.device,
+                                a.trt_accelerator, a.component_backend,
+                                ModelOptions(cache_dir=a.cache_dir, predictor={"postprocess": False} if a.no_post else {},
+                                             max_expressions=a.max_expressions))
+    print("\n".join(f"wrote {p}" for p in written))
+    print(f"run: docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {Path(a.out).resolve()}:/models "
+          f"<a tritonserver image with edgeseg[runtime] installed> tritonserver --model-repository=/models")
+
+
+def _serve_options(s: argparse.ArgumentParser) -> None:
+    """Options shared by edgeseg serve and edgeseg triton-repo."""
+    from edgeseg.serve.protocol import DEFAULT_MAX_EXPRESSIONS
+
+    s.add_argument("bundles", nargs="+", help="bundle folders (edgeseg export / build ...)")
+    s.add_argument("--name", action="append", help="model name of each bundle, in order (default: the folder's name)")
+    s.add_argument("--instances", type=_positive_int, default=1, help="model instances per bundle")
+    s.add_argument("--max-batch", type=_positive_int, default=8, help="largest dynamic batch (requests' items)")
+    s.add_argument("--max-queue-delay-us", type=_non_negative_int, default=2000,
+                   help="how long the dynamic batcher waits to fill a batch (microseconds)")
+    s.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
+    s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
+    s.add_argument("--max-expressions", type=_positive_int, default=DEFAULT_MAX_EXPRESSIONS,
+                   help="Ref-Diff: most expressions per image in one request")
+    s.add_argument("--cache-dir", default="default", help="text-embedding cache folder ('default', 'none' or a path)")
 
 
 def _methods_help(kind: str | None = None) -> str:
@@ -289,6 +358,12 @@ def _non_negative_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{v} must be >= 0")
     return v
+
+
+def _tcl_order(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--order", choices=["official", "mix-first"],
+                   help="tcl: PAMR on the TCL mask then the MaskCLIP mix (official, the default) or mix first and "
+                        "PAMR at the input size (edgeseg's earlier order, better on ToyWorld)")
 
 
 def _image_limits(s: argparse.ArgumentParser) -> None:
@@ -377,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=methods_of_kind("segmentation"),
                    help="check the bundle holds this method (default: the bundle's)")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
+    _tcl_order(s)
+    s.add_argument("--window", type=_non_negative_int,
+                   help="sliding-window inference with windows of the encoder's input size (pixels of the prepared "
+                        "image); 0: one resized image; default: the bundle's (lang-seg / TCL official bundles: their "
+                        "evaluation's windows, others: one resized image)")
+    s.add_argument("--stride", type=_positive_int, help="window stride (default: the bundle's, else half the window)")
     s.add_argument("--out", default="overlay.png", help="overlay image (.png, .jpg, .webp)")
     _image_limits(s)
     s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
@@ -397,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_non_negative_int, help="DDIM noise seed (default: the bundle's)")
     s.add_argument("--top", type=_positive_int, default=3, help="proposals drawn in the overlay")
     s.add_argument("--no-parser", action="store_true", help="skip spaCy: the parser-free target-word rule")
+    s.add_argument("--preset", choices=["released", "paper"], default="released",
+                   help="Ref-Diff settings: the released code's (default) or the paper's (runtime/refdiff_presets.py)")
     s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
                    help="the backend to run on (default: the bundle's)")
     s.add_argument("--cache-dir", default="default", help="text cache folder ('default' or a path)")
@@ -407,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_methods_help())
     s.add_argument("--bundle", help="default: engines/<method>_toy")
     s.add_argument("--no-post", action="store_true", help="skip the method's refinement (TCL: PAMR, IFSeg: kNN)")
+    _tcl_order(s)
     s.add_argument("--split", default="seen", choices=["seen", "unseen", "generalized"])
     s.add_argument("--n", type=_positive_int, default=200)
     s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--compare-torch", metavar="CHECKPOINT", help="also report runtime-vs-PyTorch agreement")
+    s.add_argument("--preset", choices=["released", "paper"], default="released",
+                   help="refdiff: the released code's settings (default) or the paper's (runtime/refdiff_presets.py)")
     s.add_argument("--position-bias", choices=["soft", "hard", "both"],
                    help="refdiff: the branch whose input is x*P (default: the bundle's, hard as the released "
                         "code; soft: the paper's formula)")
@@ -440,9 +526,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=_non_negative_int, default=3)
     s.add_argument("--threads", type=_positive_int, default=2)
     s.add_argument("--no-memory", action="store_true", help="components: skip the per-backend memory subprocess")
-    s.add_argument("--workdir", help="components: keep exported/built bundles here for reuse (default: temporary)")
+    s.add_argument("--workdir", help="components / refdiff pipeline: keep exported/built bundles here for reuse "
+                                     "(default: temporary; never beside the bundle)")
+    s.add_argument("--k", type=_positive_int, nargs="+", default=[1, 4, 16],
+                   help="refdiff pipeline: expressions per image")
+    s.add_argument("--images", help="refdiff pipeline: a folder of your images (default: ToyWorld scenes)")
+    s.add_argument("--size", type=_positive_int, help="refdiff pipeline: resize images to SIZE x SIZE")
     s.add_argument("--out", help="default: benchmarks/results/<what>.json")
     s.set_defaults(fn=_bench)
+
+    s = sub.add_parser("serve", help="serve bundles on Triton Inference Server (KServe v2 HTTP/gRPC, dynamic "
+                                     "batching; pip install 'edgeseg[serve]')")
+    _serve_options(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--http-port", type=_positive_int, default=8000)
+    s.add_argument("--grpc-port", type=_positive_int, default=8001)
+    s.add_argument("--metrics-port", type=_positive_int, default=8002)
+    s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends, help="the backend each instance runs "
+                                                                                 "on (default: the bundle's)")
+    s.add_argument("--threads", type=_positive_int, help="ONNX Runtime threads per instance (default: cores / "
+                                                         "instances)")
+    s.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default 40 MP)")
+    s.add_argument("--exit-timeout", type=_non_negative_int, default=10,
+                   help="seconds Triton waits for in-flight requests and open connections when stopping")
+    s.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C / SIGTERM)")
+    s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("triton-repo", help="bundles -> model repository for the standard Triton container "
+                                           "(a model per component + a BLS pipeline per bundle)")
+    _serve_options(s)
+    s.add_argument("--out", required=True, help="the model repository folder (replaced atomically)")
+    s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind of the component models")
+    s.add_argument("--trt-accelerator", choices=["fp16", "fp32"],
+                   help="ONNX components on GPU: ONNX Runtime's TensorRT execution provider at this precision")
+    s.add_argument("--component-backend", choices=["onnxruntime", "python"], default="onnxruntime",
+                   help="python: components run by ONNX Runtime inside the Python backend (for servers without "
+                        "Triton's onnxruntime backend, e.g. nvidia-pytriton's)")
+    s.set_defaults(fn=_triton_repo)
     return p
 
 

@@ -37,7 +37,8 @@ OS_ERRORS = {
 EXTRAS = {"torch": "export", "torchvision": "export", "open_clip": "export", "safetensors": "export",
           "diffusers": "export", "transformers": "export", "segment_anything": "export", "onnxscript": "export",
           "polygraphy": "export", "onnx": "build", "onnxruntime": "runtime", "tokenizers": "runtime",
-          "PIL": "runtime", "tqdm": "runtime", "matplotlib": "bench", "spacy": "refer"}
+          "PIL": "runtime", "tqdm": "runtime", "matplotlib": "bench", "spacy": "refer",
+          "pytriton": "serve", "tritonclient": "serve"}
 USER_TYPES = (ValueError, FileNotFoundError, RuntimeError, ImportError, PermissionError, IsADirectoryError,
               NotADirectoryError, FileExistsError)
 
@@ -47,7 +48,7 @@ def _own_roots() -> tuple[Path, ...]:
     global _OWN_ROOTS
     if _OWN_ROOTS is None:
         pkg = Path(__file__).parent
-        roots = {pkg.resolve()} | {(pkg / p).resolve() for p in ("train", "export", "runtime")}
+        roots = {pkg.resolve()} | {(pkg / p).resolve() for p in ("train", "export", "runtime", "serve")}
         _OWN_ROOTS = tuple(sorted(roots))
     return _OWN_ROOTS
 

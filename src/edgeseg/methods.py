@@ -68,7 +68,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec(
         "lseg", "LSeg: dense pixel embeddings matched to label embeddings", "segmentation",
         ("clip_text", "lseg_encoder", "lseg_head"), "edgeseg.export.lseg_bundle:lseg_components",
-        "an LSeg checkpoint folder or bundled name (lseg_toy)", "lseg_toy",
+        "an LSeg checkpoint folder or bundled name (lseg_toy), or lang-seg's architecture lseg_vitl16_384 / "
+        "lseg_vitb32_384 / lseg_tiny_official (random) or lseg_vitl16_384:/path/demo_e200.ckpt", "lseg_toy",
         loader_path="edgeseg.train.train_lseg:load_lseg", predictor_path="edgeseg.runtime.lseg:LSegPredictor",
         evaluate_path="edgeseg.export.evaluation.segmentation:eval_method",
         torch_reference_path="edgeseg.export.evaluation.torch_references:lseg_torch_predictor",
@@ -82,7 +83,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec(
         "tcl", "TCL: text-grounded masks learned from captions (PAMR refinement)", "segmentation",
         ("clip_text", "tcl_encoder", "tcl_head"), "edgeseg.export.tcl_bundle:tcl_components",
-        "a TCL checkpoint folder or bundled name (tcl_toy), or ViT-B-16[:/path/to/open_clip.pt]", "tcl_toy",
+        "a TCL checkpoint folder or bundled name (tcl_toy), ViT-B-16[:/path/to/open_clip.pt], or TCL's architecture "
+        "tcl_vitb16 / tcl_tiny_official (random) or tcl_vitb16:/path/tcl.pth[,/path/ViT-B-16.pt]", "tcl_toy",
         loader_path="edgeseg.train.train_tcl:load_tcl", predictor_path="edgeseg.runtime.tcl:TCLPredictor",
         evaluate_path="edgeseg.export.evaluation.segmentation:eval_method",
         torch_reference_path="edgeseg.export.evaluation.torch_references:tcl_torch_predictor",

@@ -105,6 +105,14 @@ def test_cleaning_matches_open_clip():
     assert bad == []
 
 
+def test_cleaning_repairs_mojibake_as_open_clip_through_ftfy():
+    from open_clip.tokenizer import _clean_lower
+
+    texts = ["cafÃ©", "the naÃ¯ve guy", "Ã  gauche", "donâ€™t", "the â€œredâ€\x9d cup", "ï»¿BOM here",
+             "&amp;lt;b&amp;gt;", "ﬁsh ﬂag", "ＦＵＬＬ width", "“curly” ‘quotes’"]
+    assert [clean_text(t) for t in texts] == [_clean_lower(t) for t in texts]
+
+
 def test_parity_exact(pair):
     ours, ref, facts = pair
     got = ours(TEXTS)

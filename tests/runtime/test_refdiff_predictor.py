@@ -11,7 +11,7 @@ from edgeseg.train.data.refer import ReferWorld
 
 @pytest.fixture(scope="module")
 def pred(refdiff_bundle, tmp_path_factory):
-    return RefDiffPredictor(refdiff_bundle, cache_dir=tmp_path_factory.mktemp("cache"))
+    return RefDiffPredictor(refdiff_bundle, cache_dir=tmp_path_factory.mktemp("cache"), preset="paper")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_segmentation_loader_points_to_refer(refdiff_bundle):
 
 
 def test_parser_free_fallback_is_reported(refdiff_bundle, samples):
-    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, parser=None)
+    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, parser=None, preset="paper")
     p.set_image(samples[1].scene.image)
     res = p.predict("the green cross on the left")
     assert res.parsed.parser.startswith("fallback") and res.target_word == "cross"
@@ -98,7 +98,7 @@ def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, 
     from edgeseg.export.refdiff_reference import TorchRefDiff
 
     s = samples[2]  # a left/right expression: P is not all ones
-    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, position_bias=where)
+    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, position_bias=where, preset="paper")
     p.set_image(s.scene.image)
     res = p.predict(s.expression.text)
     assert res.parsed.directions
@@ -108,7 +108,7 @@ def test_runtime_equals_reference_for_each_position_bias_branch(refdiff_bundle, 
 
 
 def test_no_proposal_at_all_falls_back_to_the_whole_image(refdiff_bundle, samples, monkeypatch):
-    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, proposals="thresholds")
+    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, proposals="thresholds", preset="paper")
     p.set_image(samples[0].scene.image)
     monkeypatch.setattr(p.localizer, "attention",
                         lambda latent, states, tokens, size: np.zeros((len(tokens), *size), np.float32))

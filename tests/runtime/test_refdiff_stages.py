@@ -17,7 +17,7 @@ from edgeseg.train.data.refer import ReferWorld
 
 @pytest.fixture(scope="module")
 def pred(refdiff_bundle):
-    return RefDiffPredictor(refdiff_bundle, cache_dir=None)
+    return RefDiffPredictor(refdiff_bundle, cache_dir=None, preset="paper")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_predictor_is_composed_not_a_label_predictor(pred):
     assert isinstance(pred.localizer, AttentionLocalizer) and isinstance(pred.generator, ProposalGenerator)
     assert isinstance(pred.scorer, ProposalScorer)
     assert "postprocess" not in inspect.signature(RefDiffPredictor).parameters
-    assert set(LOCALIZER_DEFAULTS) | set(SCORER_DEFAULTS) | {"proposals", "parser"} == set(DEFAULTS)
+    filters = {"topk", "min_area", "min_area_fraction", "filtered_proposals"}  # the predictor's own (proposals)
+    assert set(LOCALIZER_DEFAULTS) | set(SCORER_DEFAULTS) | {"proposals", "parser"} | filters == set(DEFAULTS)
     assert all(DEFAULTS[k] == v for k, v in {**LOCALIZER_DEFAULTS, **SCORER_DEFAULTS}.items())
 
 
@@ -97,10 +98,11 @@ def test_scorer_alone_gives_the_predictors_scores(refdiff_bundle, pred, samples,
 def test_predictor_takes_built_stages(refdiff_bundle, pred, samples):
     loc = AttentionLocalizer(refdiff_bundle, cache_dir=None, single_t=51)
     scorer = ProposalScorer(refdiff_bundle, cache_dir=None, position_bias="soft")
-    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, localizer=loc, generator=pred.generator, scorer=scorer)
+    p = RefDiffPredictor(refdiff_bundle, cache_dir=None, localizer=loc, generator=pred.generator, scorer=scorer,
+                         preset="paper")
     assert p.localizer is loc and p.scorer is scorer and p.generator is pred.generator
     assert p.options["single_t"] == 51 and p.options["position_bias"] == "soft"
-    ref = RefDiffPredictor(refdiff_bundle, cache_dir=None, single_t=51, position_bias="soft")
+    ref = RefDiffPredictor(refdiff_bundle, cache_dir=None, single_t=51, position_bias="soft", preset="paper")
     s = samples[0]
     p.set_image(s.scene.image)
     ref.set_image(s.scene.image)

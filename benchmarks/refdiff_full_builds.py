@@ -1,0 +1,60 @@
+"""Full-size Ref-Diff FP16 / INT8 builds (random weights, ``full-vit-b``), out of CI: export once, then
+``edgeseg build --precision fp16|int8`` with the pipeline-recorded calibration, each in its own process with its
+peak resident memory and wall time, and the lint summary the build writes into its manifest.
+
+    python benchmarks/refdiff_full_builds.py [--work /data/edgeseg-full] [--calib-n 8]
+        [--out benchmarks/results/refdiff-full-builds.json]
+
+Needs ~30 GB of disk and a quiet machine with >= 32 GB of memory (the SD 1.5 UNet alone is 3.4 GB in FP32).
+Not run in the session that wrote it (2 shared cores, 24 GB): the figures are still to be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RSS = """import resource, sys
+sys.argv = sys.argv[1:]
+try:
+    from edgeseg.cli import main
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+print("@@peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+sys.exit(code)
+"""
+
+
+def run(args: list[str]) -> dict:
+    """``edgeseg ARGS`` in a fresh interpreter: {"command", "rc", "seconds", "peak_rss_mb", "tail"}."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", RSS, "edgeseg", *args], capture_output=True, text=True)
+    peak = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("@@peak_rss_mb")]
+    return {"command": "edgeseg " + " ".join(args), "rc": proc.returncode, "seconds": round(time.perf_counter() - t, 1),
+            "peak_rss_mb": float(peak[0]) if peak else None, "tail": (proc.stderr or proc.stdout)[-600:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/edgeseg-full")
+    ap.add_argument("--calib-n", type=int, default=8)
+    ap.add_argument("--out", default="benchmarks/results/refdiff-full-builds.json")
+    a = ap.parse_args()
+    src = Path(a.work) / "refdiff_full"
+    steps = [] if (src / "manifest.json").is_file() else [run(["export", "refdiff", "full-vit-b", "--out", str(src)])]
+    for p in ("fp16", "int8"):
+        steps.append(run(["build", str(src), "--precision", p, "--out", f"{src}_{p}", "--calib-n", str(a.calib_n)]))
+        man = Path(f"{src}_{p}") / "manifest.json"
+        steps[-1]["lint"] = json.loads(man.read_text())["build"]["lint"] if man.is_file() else None
+        print(json.dumps({k: v for k, v in steps[-1].items() if k != "tail"}), flush=True)
+    Path(a.out).write_text(json.dumps({"config": "full-vit-b", "calib_n": a.calib_n, "steps": steps}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

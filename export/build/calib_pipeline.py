@@ -1,0 +1,220 @@
+"""INT8 calibration feeds recorded from the pipeline itself, spooled to disk and streamed back.
+
+A multi-component method (Ref-Diff: ``sd_text``, ``vae_encoder``, ``unet_attn``, ``sam_encoder``,
+``sam_decoder``, ``clip_text``, ``clip_masked``) cannot be calibrated from images and token ids alone: the
+UNet sees latents noised at the pipeline's DDIM timesteps with the SD text states (uncond + cond), the SAM
+decoder sees the automatic-mask point grid on real image embeddings, CLIP sees real proposals. So the FP32
+bundle's own runtime predictor is run on the calibration images / texts, and every ``Bundle.run`` call is
+recorded (:class:`FeedSpool`): each component gets exactly the feeds it gets in deployment, whatever its input
+names are (the recipe follows I/O changes of the export without an edit here).
+
+Memory is bounded twice: the spool keeps at most ``cap`` feeds per component on disk (reservoir sampling,
+seeded), and :class:`SpoolReader` streams them back in strides of ``stride`` samples, which ONNX Runtime's
+calibrator collects and merges into its histograms one stride at a time (``CalibStridedMinMax``), instead of
+holding every activation of every sample at once. :func:`estimate_peak` prints the estimate before starting.
+Torch-free (numpy, onnx, onnxruntime, the runtime).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+ACTIVATION_BUDGET = 2 << 30  # bytes of activations held per calibration stride (8 GB device: weights + 2 GiB)
+PIPELINE_METHODS = ("refdiff",)  # methods calibrated by recording their pipeline (others: by input names)
+
+
+class FeedSpool:
+    """``FeedSpool(root, cap=256, seed=0)``: feeds (input name -> array) per component as ``.npz`` files
+    under ``root/<component>/``; at most ``cap`` kept per component (a uniform reservoir sample of the calls)."""
+
+    def __init__(self, root: str | Path, cap: int = 256, seed: int = 0):
+        if cap < 1:
+            raise ValueError(f"spool cap must be >= 1, got {cap}")
+        self.root, self.cap = Path(root), cap
+        self.seen: dict[str, int] = {}
+        self.shapes: dict[str, dict[int, tuple]] = {}  # component -> slot -> the feeds' shapes
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, component: str, feeds: dict[str, np.ndarray]) -> None:
+        """Record one call's feeds (written to disk now, never held)."""
+        j = self.seen.get(component, 0)
+        self.seen[component] = j + 1
+        slot = j if j < self.cap else int(self._rng.integers(0, j + 1))
+        if slot >= self.cap:
+            return
+        folder = self.root / component
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{slot:05d}.npz", **{k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        self.shapes.setdefault(component, {})[slot] = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+
+    def files(self, component: str) -> list[Path]:
+        """The spooled feed files of a component, grouped by feed shapes (then slot order)."""
+        folder = self.root / component
+        shapes = self.shapes.get(component, {})
+        files = sorted(folder.glob("*.npz")) if folder.is_dir() else []
+        return sorted(files, key=lambda f: (repr(shapes.get(int(f.stem), ())), f.name))
+
+    def groups(self, component: str) -> list[int]:
+        """Sizes of the runs of same-shape feeds in :meth:`files` order."""
+        sizes: dict[str, int] = {}
+        for shape in self.shapes.get(component, {}).values():
+            sizes[repr(shape)] = sizes.get(repr(shape), 0) + 1
+        return [sizes[k] for k in sorted(sizes)]
+
+    def reader(self, component: str) -> "SpoolReader":
+        return SpoolReader(self.files(component), self.groups(component))
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """component -> {"calls": pipeline calls seen, "kept": feeds spooled}."""
+        return {c: {"calls": n, "kept": len(self.files(c))} for c, n in sorted(self.seen.items())}
+
+
+class SpoolReader:
+    """A calibration data reader (onnxruntime's ``CalibrationDataReader`` protocol plus ``__len__`` and
+    ``set_range`` for strided collection) over spooled feed files, loading one file at a time."""
+
+    def __init__(self, files: list[Path], groups: list[int] | None = None):
+        self.files, self.count = list(files), 0
+        self.groups = list(groups) if groups else [len(self.files)]  # same-shape runs: a stride divides each
+        self._range = (0, len(self.files))
+        self._it: Iterator[Path] = iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for f in self.files:
+            with np.load(f) as z:
+                yield {k: z[k] for k in z.files}
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._range = (start_index, end_index)
+        self._it = iter(self.files[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        f = next(self._it, None)
+        if f is None:
+            return None
+        self.count += 1
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.files))
+
+
+def record_runs(bundle: Any, spool: FeedSpool) -> Callable[[], None]:
+    """Wrap ``bundle.run`` so every call's feeds go to ``spool``; returns the function that unwraps it."""
+    original = bundle.run
+
+    def run(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spool.add(name, feeds)
+        return original(name, feeds)
+
+    bundle.run = run
+    return lambda: setattr(bundle, "run", original)
+
+
+def capture_refdiff(bundle_dir: str | Path, calib: Any, spool: FeedSpool, texts_per_image: int = 2,
+                    progress: bool = True) -> dict[str, dict[str, int]]:
+    """Run the FP32 Ref-Diff pipeline (``RefDiffPredictor``, parser-free, no caches) on every calibration image
+    with ``texts_per_image`` expressions (the image's own ToyWorld expressions when ``calib.image_texts`` has
+    them, else the calibration texts in turn), recording every component's feeds. Returns the spool summary."""
+    from tqdm import tqdm
+
+    from edgeseg.runtime.bundle import Bundle
+    from edgeseg.runtime.refdiff import RefDiffPredictor
+
+    bundle = Bundle(bundle_dir, provider="ort-cpu")
+    unwrap = record_runs(bundle, spool)
+    try:
+        pred = RefDiffPredictor(bundle, cache_dir=None, parser=None)
+        pairs = getattr(calib, "image_texts", None) or []
+        texts = list(calib.texts) or ["the object"]
+        for i, img in enumerate(tqdm(calib.images, desc="calibration: Ref-Diff pipeline", disable=not progress)):
+            own = [t for t in (pairs[i] if i < len(pairs) else []) if t][:texts_per_image]
+            exprs = own or [texts[(i * texts_per_image + k) % len(texts)] for k in range(texts_per_image)]
+            state = pred.set_image(img)
+            pred.predict_many(exprs, state=state)
+    finally:
+        unwrap()
+    return spool.summary()
+
+
+def pipeline_spool(method: str, bundle_dir: str | Path, calib: Any, cap: int,
+                   progress: bool = True) -> tuple[FeedSpool, dict]:
+    """A filled :class:`FeedSpool` (in a temporary folder; :func:`drop_spool` removes it) for a method of
+    :data:`PIPELINE_METHODS`, with its summary."""
+    if method not in PIPELINE_METHODS:
+        raise ValueError(f"no pipeline capture for method {method!r}; known: {list(PIPELINE_METHODS)}")
+    spool = FeedSpool(tempfile.mkdtemp(prefix="edgeseg-calib-"), cap=cap)
+    try:
+        summary = capture_refdiff(bundle_dir, calib, spool, progress=progress)
+    except BaseException:
+        drop_spool(spool)
+        raise
+    return spool, summary
+
+
+def drop_spool(spool: FeedSpool) -> None:
+    shutil.rmtree(spool.root, ignore_errors=True)
+
+
+def activation_bytes(path: str | Path, feeds: dict[str, np.ndarray]) -> int:
+    """Estimated bytes of every float tensor of one run of the graph at ``path`` on ``feeds`` (shape inference
+    on the graph without its weights; unknown dims counted as the feed's first dim). An upper bound of what
+    ONNX Runtime's calibrator keeps per sample."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for inp in model.graph.input:
+        if inp.name in feeds:
+            for d, n in zip(inp.type.tensor_type.shape.dim, feeds[inp.name].shape):
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - an estimate only: fall back to the feed sizes
+        return sum(int(v.nbytes) for v in feeds.values()) * 64
+    first = max((int(v.shape[0]) for v in feeds.values() if v.ndim), default=1)
+    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2}
+    total = 0
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.elem_type not in sizes:
+            continue
+        n = 1
+        for d in t.shape.dim:
+            n *= d.dim_value if d.dim_value > 0 else first
+        total += n * sizes[t.elem_type]
+    return total
+
+
+def weight_bytes(path: str | Path) -> int:
+    """Bytes of a graph file plus its external data files beside it."""
+    path = Path(path)
+    return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data*"))
+
+
+def plan_stride(groups: list[int], per_sample: int, budget: int = ACTIVATION_BUDGET) -> int:
+    """The largest stride (samples collected at once) within ``budget`` that divides every size in ``groups``
+    (runs of same-shape feeds: ONNX Runtime stacks one stride into one array, and its strided collection
+    needs a divisor of the total); >= 1."""
+    g = int(np.gcd.reduce([max(int(n), 1) for n in groups])) if groups else 1
+    most = max(1, min(g, budget // max(per_sample, 1)))
+    return max(s for s in range(1, most + 1) if g % s == 0)
+
+
+def estimate_peak(path: str | Path, reader: SpoolReader, budget: int = ACTIVATION_BUDGET) -> dict[str, int]:
+    """{"weights", "per_sample", "stride", "peak"} in bytes for calibrating ``path`` on ``reader``'s feeds:
+    the model is held about three times (source, augmented copy, session) plus one stride of activations."""
+    first = next(iter(reader), None)
+    per = activation_bytes(path, first) if first is not None else 0
+    stride = plan_stride(reader.groups, per, budget)
+    weights = weight_bytes(path)
+    return {"weights": weights, "per_sample": per, "stride": stride, "peak": 3 * weights + stride * per}

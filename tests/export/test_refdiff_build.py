@@ -1,0 +1,104 @@
+"""FP16 / INT8 builds of every Ref-Diff component (toy bundle): pipeline-recorded calibration, streamed in
+strides; TensorRT lint clean; the runtime runs the built bundles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from edgeseg.export.build.calib_pipeline import FeedSpool, plan_stride  # noqa: E402
+from edgeseg.export.build.lint import TARGETS  # noqa: E402
+
+CALIB_N = 4  # CI: 4 ToyWorld scenes x 2 expressions through the FP32 pipeline (the default is 64)
+
+
+@pytest.fixture(scope="module")
+def refdiff_builds(refdiff_bundle, tmp_path_factory):
+    from edgeseg.export.build.builder import build_bundle
+
+    root = tmp_path_factory.mktemp("refdiff-builds")
+    return {p: build_bundle(refdiff_bundle, p, out=root / p, calib_n=CALIB_N, progress=p == "int8")
+            for p in ("fp16", "int8")}
+
+
+def test_spool_keeps_a_bounded_sample_and_streams_it(tmp_path):
+    spool = FeedSpool(tmp_path, cap=3, seed=0)
+    for i in range(10):
+        spool.add("c", {"x": np.full((1 + i % 2, 2), i, np.float32)})
+    assert spool.summary() == {"c": {"calls": 10, "kept": 3}}
+    reader = spool.reader("c")
+    assert len(reader) == 3 and sum(reader.groups) == 3
+    shapes = [d["x"].shape for d in reader]  # grouped: same shapes are adjacent
+    assert shapes == sorted(shapes)
+    reader.set_range(0, 1)
+    assert reader.get_next() is not None and reader.get_next() is None
+
+
+def test_stride_divides_every_shape_group_and_fits_the_budget():
+    assert plan_stride([8, 4], per_sample=1, budget=100) == 4
+    assert plan_stride([8, 3], per_sample=1, budget=100) == 1
+    assert plan_stride([64], per_sample=10, budget=100) == 8  # 10 fits, 8 is the largest divisor under it
+
+
+def test_every_component_builds_and_passes_the_tensorrt_lint(refdiff_builds, refdiff_bundle):
+    names = set(json.loads((refdiff_bundle / "manifest.json").read_text())["components"])
+    for precision, folder in refdiff_builds.items():
+        man = json.loads((folder / "manifest.json").read_text())
+        assert set(man["components"]) == names and man["precision"] == precision
+        assert set(man["build"]["lint"]) == names
+        for name, by_target in man["build"]["lint"].items():
+            for target in TARGETS:
+                assert by_target[target]["errors"] == 0, f"{precision}/{name} [{target}]: {by_target[target]}"
+
+
+def test_int8_is_calibrated_from_the_pipeline(refdiff_builds, capsys):
+    man = json.loads((refdiff_builds["int8"] / "manifest.json").read_text())
+    recorded = man["build"]["calibration"]["pipeline"]["components"]
+    assert {"sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "clip_masked"} <= set(recorded)
+    # the UNet: 2 DDIM timesteps per image (strength 0.1 of 20 steps), uncond + cond batched in each call
+    assert recorded["unet_attn"]["calls"] >= CALIB_N
+    unet = man["components"]["unet_attn"]["converted"]
+    assert unet["quantized_nodes"] > 0 and unet["calibration_samples"] == recorded["unet_attn"]["kept"]
+    assert unet["estimated_peak_mb"] > 0 and unet["calibration_stride"] >= 1
+    for name in ("vae_encoder", "sam_encoder", "sam_decoder", "clip_masked"):
+        assert man["components"][name]["converted"]["quantized_nodes"] > 0, name
+
+
+def test_int8_unet_keeps_attention_matmuls_and_cross_attention_unquantized(refdiff_builds):
+    import onnx
+
+    model = onnx.load(str(refdiff_builds["int8"] / "unet_attn.onnx"))
+    deq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and deq.intersection(n.input)]
+    assert any(n.op_type == "Conv" for n in quantized)
+    assert not any(n.op_type == "Softmax" and deq.intersection(n.input) for n in model.graph.node)
+    assert not any("attn2" in n.name for n in quantized)  # the cross-attention read for the maps stays FP32
+
+
+def test_fp16_unet_keeps_softmax_norms_and_the_attention_output_fp32(refdiff_builds):
+    import onnx
+
+    model = onnx.load(str(refdiff_builds["fp16"] / "unet_attn.onnx"))
+    for out in model.graph.output:
+        assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    f16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    assert f16, "no FP16 weights in the FP16 UNet"
+    kept = [n for n in model.graph.node if n.op_type in ("Softmax", "InstanceNormalization", "LayerNormalization")]
+    assert kept and not any(f16.intersection(n.input) for n in kept)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_the_runtime_runs_the_built_bundles(refdiff_builds, refdiff_bundle, precision):
+    from edgeseg.runtime.refdiff import RefDiffPredictor
+    from edgeseg.train.data.refer import ReferWorld
+    from edgeseg.train.data.toyworld import ToyWorldConfig
+
+    sample = ReferWorld(5, ToyWorldConfig(size=96))[0]
+    pred = RefDiffPredictor(refdiff_builds[precision], cache_dir=None, parser=None)
+    res = pred.segment(sample.scene.image, sample.expression.text)
+    assert res.mask.shape == sample.scene.image.shape[:2] and res.mask.any()
+    assert np.isfinite(res.attention).all() and np.isfinite(res.scores["total"]).all()
