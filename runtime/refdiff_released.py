@@ -123,10 +123,10 @@ def filter_proposals(masks: np.ndarray, topk: int | None, min_area: float, min_f
     """N x H x W bool -> N bool kept: among the ``topk`` largest (all when None), those whose area exceeds both
     ``min_area`` pixels and ``min_fraction`` of the image (the released ``filter_proposal``)."""
     n = len(masks)
-    areas = masks.reshape(n, -1).sum(1)
     keep = np.zeros(n, bool)
-    if n == 0:
+    if n == 0:  # no SAM mask at all (a blank image): nothing to keep
         return keep
+    areas = masks.reshape(n, -1).sum(1)
     k = n if topk is None else min(int(topk), n)
     keep[np.argsort(-areas, kind="stable")[:k]] = True
     size = masks.shape[-1] * masks.shape[-2]

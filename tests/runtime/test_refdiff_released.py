@@ -220,3 +220,13 @@ def test_subject_is_the_first_root_or_subject_token_of_any_part_of_speech():
     assert released_subject(doc, "left guy standing") == "guy"
     assert released_subject([_Tok("sitting", "ROOT"), _Tok("man", "dobj")], "sitting man") == "sitting"
     assert released_subject([_Tok("a", "det")], "a") == "a"
+
+
+def test_a_blank_image_with_no_sam_mask_keeps_nothing_and_does_not_fail(refdiff_bundle):
+    from edgeseg.runtime import RefDiffPredictor
+    from edgeseg.runtime.refdiff_released import filter_proposals
+
+    assert filter_proposals(np.zeros((0, 8, 8), bool), 10, 100, 0.0).shape == (0,)
+    res = RefDiffPredictor(refdiff_bundle, cache_dir=None, parser=None).segment(np.zeros((96, 96, 3), np.uint8),
+                                                                                "the red circle")
+    assert res.mask.shape == (96, 96)
