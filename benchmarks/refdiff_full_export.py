@@ -30,7 +30,10 @@ elif side == "sam":
     from edgeseg.export.refdiff_sam import sam_components as build
 else:
     from edgeseg.export.clip_masked import refdiff_clip_components as build
-comps, _ = build(checkpoint)
+comps, info = build(checkpoint, image_size=int(sys.argv[5]) or None) if side == "sd" else build(checkpoint)
+if name == "unet_attn":  # as the bundle assembler: attn_logits at latent/4 too (the released preset)
+    from edgeseg.export.unet_attn import with_logits
+    comps[name], _ = with_logits(*comps[name], info["attention"])
 wrapper, cspec = comps[name]
 for other in [k for k in comps if k != name]:
     del comps[other]
@@ -61,6 +64,7 @@ print(json.dumps({"component": name, "model": checkpoint, "parameters_M": round(
 """
 
 SIDES = {"sd_text": "sd", "vae_encoder": "sd", "unet_attn": "sd", "sam_encoder": "sam", "sam_decoder": "sam",
+         "sam_masks": "sam",
          "clip_text": "clip", "clip_masked": "clip"}
 
 
@@ -78,7 +82,8 @@ def main() -> None:
     for name in a.only:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", WORKER, SIDES[name], models[SIDES[name]], name, tmp],
+            out = subprocess.run([sys.executable, "-c", WORKER, SIDES[name], models[SIDES[name]], name, tmp,
+                                  str(cfg["sd_image_size"] or 0)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 rows.append({"component": name, "error": out.stderr.strip().splitlines()[-1][:300]})

@@ -31,6 +31,7 @@ from edgeseg.export import clip_image, clip_text, lseg_encoder, lseg_head
 from edgeseg.export import ifseg_encoder, ifseg_head
 from edgeseg.export import tcl_encoder, tcl_head
 from edgeseg.export import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
+from edgeseg.export import sam_masks
 from edgeseg.export.build.external import finalize
 from edgeseg.export.spec import ComponentSpec
 from edgeseg.export.tokenizer import build_clip_tokenizer_json
@@ -51,6 +52,7 @@ COMPONENTS = {  # every exportable component: name -> module holding its wrapper
     unet_attn.NAME: unet_attn,
     sam_encoder.NAME: sam_encoder,
     sam_decoder.NAME: sam_decoder,
+    sam_masks.NAME: sam_masks,
     clip_masked.NAME: clip_masked,
 }
 

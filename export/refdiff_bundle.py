@@ -1,4 +1,4 @@
-"""``edgeseg export refdiff CONFIG``: the seven Ref-Diff components in one bundle.
+"""``edgeseg export refdiff CONFIG``: the eight Ref-Diff components in one bundle.
 
 CONFIG is a registered name of :data:`REFDIFF_CONFIGS` or a JSON file of the same form, naming the three
 models (each a bundled checkpoint, a registered architecture with random weights, or ``arch:/local/file``)::
@@ -7,10 +7,11 @@ models (each a bundled checkpoint, a registered architecture with random weights
      "sam": "vit_h:/models/sam_vit_h_4b8939.pth",
      "clip": "ViT-B-16:/models/open_clip_vit_b16.bin",
      "inference": {"alpha": 0.1, "beta": 0.3},        # optional overrides of REFDIFF_DEFAULTS
-     "amg": {"points_per_side": 32}}                   # optional overrides of the SAM mask generator
+     "amg": {"points_per_side": 32},                   # optional overrides of the SAM mask generator
+     "sd_image_size": 1024}                           # optional VAE input side (SD 1.5: 512; released: 1024)
 
-Components: ``sd_text``, ``vae_encoder``, ``unet_attn`` (:mod:`.refdiff_sd`), ``sam_encoder``, ``sam_decoder``
-(:mod:`.refdiff_sam`), ``clip_text`` and ``clip_masked``. Registered in :data:`edgeseg.methods.METHODS`.
+Components: ``sd_text``, ``vae_encoder``, ``unet_attn`` (:mod:`.refdiff_sd`), ``sam_encoder``, ``sam_decoder``,
+``sam_masks`` (:mod:`.refdiff_sam`), ``clip_text`` and ``clip_masked``. Registered in :data:`edgeseg.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from edgeseg.runtime.refdiff import DEFAULTS
 
 from edgeseg.export.clip_masked import refdiff_clip_components
+from edgeseg.export import unet_attn
 from edgeseg.export.spec import ComponentSpec
 
 REFDIFF_CONFIGS = {  # name -> the three models; weights and files separate (see the module docstring)
@@ -34,6 +36,8 @@ REFDIFF_CONFIGS = {  # name -> the three models; weights and files separate (see
             "preset_overrides": {"released": {"min_area": 100}}},
     "full-vit-b": {"ldm": "sd15", "sam": "vit_b", "clip": "ViT-B-16"},
     "full-vit-h": {"ldm": "sd15", "sam": "vit_h", "clip": "ViT-B-16"},
+    # the released configs' geometry: diffusion_pad to 1024 px (128 x 128 latent, 32 x 32 attention logits)
+    "released-vit-h": {"ldm": "sd15", "sam": "vit_h", "clip": "ViT-B-16", "sd_image_size": 1024},
 }
 # Inference defaults (the runtime's): DDIM 20 steps x strength 0.1 (2 steps), guidance 9 and the position bias
 # P on the hard branch as the released code; the paper's alpha 0.1 / beta 0.3 and masked input x*M.
@@ -69,7 +73,12 @@ def resolve_config(config: str | Path) -> dict:
     unknown = sorted(set(cfg.get("amg", {})) - set(AMG_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown amg option(s) {unknown} in {str(config)!r}; known: {sorted(AMG_DEFAULTS)}")
+    size = cfg.get("sd_image_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 64 or size % 64):
+        raise ValueError(f"Ref-Diff config {str(config)!r}: sd_image_size {size!r} must be an int >= 64, a multiple "
+                         f"of 64 (the VAE input side; the released configs use 1024)")
     return {"ldm": cfg["ldm"], "sam": cfg["sam"], "clip": cfg["clip"], "amg": dict(cfg.get("amg", {})),
+            "sd_image_size": size,
             "inference": {**REFDIFF_DEFAULTS, **cfg.get("inference", {})},
             "preset_overrides": dict(cfg.get("preset_overrides", {}))}
 
@@ -80,7 +89,9 @@ def refdiff_components(config: str | Path) -> tuple[dict[str, tuple[nn.Module, C
     from edgeseg.export.refdiff_sd import sd_components
 
     cfg = resolve_config(config)
-    comps, sd_info = sd_components(cfg["ldm"])
+    comps, sd_info = sd_components(cfg["ldm"], image_size=cfg["sd_image_size"])
+    # unet_attn also outputs attn_logits at latent/4 (released preset); method_config.attention.logits says where
+    comps[unet_attn.NAME], sd_info["attention"] = unet_attn.with_logits(*comps[unet_attn.NAME], sd_info["attention"])
     sam_comps, sam_info = sam_components(cfg["sam"])
     clip_comps, clip_info = refdiff_clip_components(cfg["clip"])
     comps.update(sam_comps)

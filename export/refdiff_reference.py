@@ -4,6 +4,15 @@ It runs the same export wrappers in PyTorch, with diffusers' own ``DDIMScheduler
 steps), open_clip's tokenizer (SD padding), torch interpolation and pooling. Proposals are an input (the
 runtime's SAM automatic masks are checked against a torch reference in their own tests), so one call
 compares everything downstream of them: the attention map ``c``, s^G, s^D, s and the chosen mask.
+
+``TorchRefDiff(config, preset="released")`` follows the released code (kodenii/Ref-Diff ``model/segmenter.py``
+``get_diffattn``, ``ldm/modules/attention.py``, ``ldm/models/diffusion/ddim.py``), written from it: the image
+pasted centred on a black square (PIL) and LANCZOS-resized for the VAE, the SD prompt ``expression + ", " +
+positive prompt``, the latent noised at the ascending DDIM schedule's entry ``int(strength * steps)`` (timestep
+101 for 20 x 0.1, ``stochastic_encode``) and denoised through the entries below it (51, 1); per UNet call and
+per layer at latent/4, the head-mean pre-softmax logits (the wrapper's ``attn_logits``) combined as
+``(cond - uncond) * 9 + uncond``, the token's column min-max normalized; the mean over calls as an RGB uint8
+heatmap, LANCZOS to the square, cropped back, min-max + 1e-8.
 """
 
 from __future__ import annotations
@@ -18,13 +27,16 @@ import torch.nn.functional as F
 class TorchRefDiff:
     """``TorchRefDiff("toy")(image, expression, proposals)`` -> dict of numpy arrays (see :meth:`__call__`)."""
 
-    def __init__(self, config: str | Path = "toy", **overrides):
+    def __init__(self, config: str | Path = "toy", preset: str = "paper", **overrides):
         from edgeseg.export.refdiff_bundle import refdiff_components
+        from edgeseg.runtime.refdiff_presets import resolve_options
 
         comps, info = refdiff_components(config)
         self.models = {name: wrapper.eval() for name, (wrapper, _) in comps.items()}
         self.specs = {name: spec for name, (_, spec) in comps.items()}
-        self.cfg = dict(info["method_config"], **overrides)
+        self.preset = preset
+        mc = info["method_config"]  # paper: the bundle's options as they are; released: the preset's table
+        self.cfg = dict(mc, **overrides) if preset == "paper" else dict(mc, **resolve_options(preset, mc, overrides))
         self.clip_prep = info["preprocessing"]
         self.ctx = info["extra_tokenizers"]["sd_tokenizer"]["context_length"]
 
@@ -84,6 +96,49 @@ class TorchRefDiff:
         c = F.interpolate(a, size=image.shape[:2], mode="bilinear", align_corners=False)
         return c[0, 0].clamp(0, 1).numpy()
 
+    @torch.no_grad()
+    def released_attention(self, image: np.ndarray, expression: str, token: int) -> np.ndarray:
+        """c: H x W float32 in [0, 1] as the released ``get_diffattn`` (``diffusion_pad``) computes it."""
+        from diffusers import DDIMScheduler
+        from PIL import Image
+
+        cfg = self.cfg
+        h, w = image.shape[:2]
+        side = max(h, w)
+        size = int(cfg["vae_preprocessing"]["image_size"][0])
+        canvas = Image.new("RGB", (side, side), (0, 0, 0))
+        canvas.paste(Image.fromarray(np.ascontiguousarray(image[..., :3])), ((side - w) // 2, (side - h) // 2))
+        sd = np.asarray(canvas.resize((size, size), Image.LANCZOS)).astype(np.float32) / 255.0
+        latent = self.models["vae_encoder"](2.0 * torch.from_numpy(sd.transpose(2, 0, 1)[None].copy()) - 1.0)
+        cond = self.models["sd_text"](self._tokens([expression + ", " + cfg["positive_prompt"]]))
+        uncond = self.models["sd_text"](self._tokens([""]))
+        sched = DDIMScheduler(**cfg["scheduler"], clip_sample=False)
+        sched.set_timesteps(int(cfg["steps"]))
+        asc = sorted(int(t) for t in sched.timesteps)  # ldm's ddim_timesteps, 1, 51, 101, ...
+        t_enc = int(cfg["strength"] * cfg["steps"])
+        noise = torch.from_numpy(np.random.default_rng(int(cfg["seed"])).standard_normal(latent.shape)
+                                 .astype(np.float32))
+        x = sched.add_noise(latent, noise, torch.tensor([asc[t_enc]]))  # stochastic_encode at index t_enc
+        gh, gw = self.models["unet_attn"].logits_grid
+        heatmaps = []
+        steps = asc[:t_enc][::-1]
+        for k, t in enumerate(steps):
+            eps, _, logits = self.models["unet_attn"](torch.cat([x, x]), torch.full((2,), t, dtype=self._t_dtype()),
+                                                      torch.cat([uncond, cond]))
+            for layer in range(logits.shape[1]):
+                patch1, patch2 = logits[0, layer].double(), logits[1, layer].double()
+                patch = ((patch2 - patch1) * cfg["guidance"] + patch1).reshape(gh, gw, -1)
+                m = patch[:, :, token]
+                heatmaps.append(((m - m.min()) / (m.max() - m.min())).numpy())
+            if k + 1 < len(steps):
+                e_u, e_c = eps.chunk(2)
+                x = sched.step(e_u + cfg["guidance"] * (e_c - e_u), t, x).prev_sample
+        rgb = np.repeat(np.mean(heatmaps, axis=0)[..., None], 3, axis=-1)
+        big = np.array(Image.fromarray((rgb * 255).astype(np.uint8)).resize((side, side), Image.LANCZOS)) / 255
+        big = big[(w - h) // 2:(w - h) // 2 + h, :] if w > h else big[:, (h - w) // 2:(h - w) // 2 + w]
+        big = big[:, :, 0]
+        return ((big - big.min()) / (big.max() - big.min() + 1e-8)).astype(np.float32)
+
     def _t_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "int64": torch.int64}[self.specs["unet_attn"].inputs[1].dtype]
 
@@ -91,9 +146,13 @@ class TorchRefDiff:
     def __call__(self, image: np.ndarray, expression: str, proposals: np.ndarray, token: int, phrase: str,
                  directions: list[str]) -> dict[str, np.ndarray]:
         """Scores of ``proposals`` (N x H x W bool) for ``expression``: {"attention", "generative",
-        "discriminative", "total", "best"}. ``token``, ``phrase`` and ``directions`` come from the parse."""
+        "discriminative", "total", "best"}. ``token``, ``phrase`` and ``directions`` come from the parse.
+        ``preset="released"``: :meth:`released_scores` (``directions`` unused: the released rule reads the
+        expression)."""
         from edgeseg.runtime.refer_text import position_bias
 
+        if self.preset == "released":
+            return self.released_scores(image, expression, proposals, token, phrase)
         cfg = self.cfg
         c = torch.from_numpy(self.attention(image, expression, token))
         m = torch.from_numpy(proposals).float()
@@ -122,6 +181,56 @@ class TorchRefDiff:
         total = cfg["alpha"] * s_g + (1 - cfg["alpha"]) * s_d
         return {"attention": c.numpy(), "generative": s_g.numpy(), "discriminative": s_d.numpy(),
                 "total": total.numpy(), "best": int(total.argmax())}
+
+    @torch.no_grad()
+    def released_scores(self, image: np.ndarray, expression: str, proposals: np.ndarray, token: int,
+                        phrase: str) -> dict[str, np.ndarray]:
+        """The released ``CRIS.forward`` on given (already filtered) proposals N x H x W bool: ``apply_position``
+        ("left" in the expression, else "right": a float64 ramp over 2/3 of the width), ``get_cliphard`` (the
+        biased image times the mask, cut to its box, uint8; then resized (PIL bilinear) to the bundle's CLIP
+        input H x W, as the runtime does, where the released ``T.Resize(224)`` keeps the aspect ratio),
+        the soft branch (:func:`edgeseg.export.released_soft_reference.released_soft_embeddings`: the unbiased
+        image at its own size), ``calc_diffattn`` on :meth:`released_attention` (+ 1e-6 denominators), ``calc_hard``
+        / ``calc_soft`` with t = the expression's and k = ``phrase``'s unit CLIP text embeddings, ``s = 0.7 hard +
+        0.3 soft + 0.05 diff`` (the config's weights), argmax. -> {"attention", "generative", "discriminative"
+        (0.7 hard + 0.3 soft), "total", "best"}."""
+        from PIL import Image
+        from torchvision import transforms as T
+
+        from edgeseg.export.released_soft_reference import released_soft_embeddings
+
+        cfg = self.cfg
+        # get_cliphard's T.Resize(224) (shortest side, PIL bilinear) + ToTensor + Normalize, but to the bundle's
+        # CLIP input (H, W) as the runtime's hard branch does today (its crop encoder has one fixed input size)
+        to_clip = T.Compose([T.Resize(tuple(self.clip_prep["image_size"])), T.ToTensor(),
+                             T.Normalize(self.clip_prep["mean"], self.clip_prep["std"])])
+        attn = torch.from_numpy(self.released_attention(image, expression, token)).double()
+        masks = torch.from_numpy(np.asarray(proposals, bool))
+        diff = torch.stack([(attn * m).sum() / (m.sum() + 1e-6) - (attn * ~m).sum() / ((~m).sum() + 1e-6)
+                            for m in masks])
+        h, w = image.shape[:2]
+        w1 = w * 2 // 3
+        pos = image.astype(np.float64)
+        if "left" in expression:
+            pos = pos * np.concatenate([np.linspace(1, 0, w1), np.zeros(w - w1)]).reshape(1, w, 1)
+        elif "right" in expression:
+            pos = pos * np.concatenate([np.zeros(w - w1), np.linspace(0, 1, w1)]).reshape(1, w, 1)
+        crops = []
+        for m in np.asarray(proposals, bool):
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            cut = (pos * m[..., None] * 1.0 + pos * 0)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8)
+            crops.append(to_clip(Image.fromarray(cut))[None])
+        clip = self.models["clip_masked"]
+        hard = F.normalize(clip.plain_embeds(torch.cat(crops)), dim=-1).double()
+        soft = torch.from_numpy(released_soft_embeddings(clip.visual, image, np.asarray(proposals, bool),
+                                                         self.clip_prep["mean"], self.clip_prep["std"])).double()
+        t, k = F.normalize(self.models["clip_text"](self._clip_tokens([expression, phrase])), dim=-1).double()
+        s_hard = hard @ (cfg["hard_text_weight"] * t + cfg["hard_core_weight"] * k)
+        s_soft = soft @ (cfg["soft_text_weight"] * t + cfg["soft_core_weight"] * k)
+        total = cfg["hard_weight"] * s_hard + cfg["soft_weight"] * s_soft + cfg["diff_weight"] * diff
+        return {"attention": attn.float().numpy(), "generative": diff.float().numpy(),
+                "discriminative": (cfg["hard_weight"] * s_hard + cfg["soft_weight"] * s_soft).float().numpy(),
+                "total": total.float().numpy(), "best": int(total.argmax())}
 
     def _clip_tokens(self, texts: list[str]) -> torch.Tensor:
         import open_clip

@@ -1,5 +1,5 @@
-"""The SAM side of the Ref-Diff bundle: ``sam_encoder`` + ``sam_decoder`` and the facts the numpy runtime needs
-for automatic mask generation (``edgeseg.runtime.sam_auto.generate_masks``).
+"""The SAM side of the Ref-Diff bundle: ``sam_encoder`` + ``sam_decoder`` + ``sam_masks`` (the per-mask work of
+automatic mask generation) and the facts the runtime needs for it (``edgeseg.runtime.sam_auto.generate_masks``).
 
 ``sam_components(checkpoint)`` takes what :func:`edgeseg.train.sam.load_sam` takes: a SAM checkpoint folder or the
 bundled ``sam_toy``; ``vit_b`` / ``vit_h`` (random seeded weights, for export checks); or
@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from edgeseg.export import sam_decoder, sam_encoder
+from edgeseg.export import sam_decoder, sam_encoder, sam_masks
 from edgeseg.export.spec import ComponentSpec
 
 # Official SamAutomaticMaskGenerator settings (points_per_side 32, IoU 0.88, stability 0.95, NMS 0.7) for the
@@ -59,6 +59,11 @@ def sam_components(checkpoint: str | Path, max_prompts: int = 64, opset: int = 1
         sam_decoder.NAME: (sam_decoder.SamDecoderWrapper(sam).eval(),
                            sam_decoder.spec(size, grid, dim, max_prompts=max_prompts,
                                             opt_prompts=min(16, max_prompts), opset=opset)),
+        # the per-mask work of automatic mask generation for the prompts past the IoU filter, <= 16 a call (the
+        # host splits a decoder batch): its P x K x H x W buffers bound the engine's (TensorRT profile) memory
+        sam_masks.NAME: (sam_masks.SamMasksWrapper(sam).eval(),
+                         sam_masks.spec(grid, dim, max_prompts=min(16, max_prompts), opt_prompts=min(8, max_prompts),
+                                        opset=opset)),
     }
     amg = sam_amg_settings(cfg)
     amg["batch"] = min(int(amg["batch"]), max_prompts)

@@ -1,7 +1,8 @@
 """The Stable Diffusion side of the Ref-Diff bundle: ``sd_text``, ``vae_encoder`` and ``unet_attn`` of an LDM.
 
 ``sd_components(checkpoint)`` takes what :func:`edgeseg.train.ldm.load_ldm` takes: the bundled ``ldm_toy`` (or another
-``ldm`` checkpoint folder), ``sd15`` (random weights), ``sd15:/diffusers/folder`` or ``sd15:/v1-5.safetensors``.
+``ldm`` checkpoint folder), ``sd15`` (random weights), ``sd15:/diffusers/folder``, ``sd15:/v1-5.safetensors`` (or
+``.ckpt``; non-EMA UNet weights) or ``sd15+ema:/v1-5-pruned.ckpt`` (its EMA UNet weights).
 The lead's ``export/refdiff_bundle.py`` merges these components with the SAM and CLIP ones.
 """
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from edgeseg.export import sd_text, unet_attn, vae_encoder
 from edgeseg.export.spec import ComponentSpec
+from edgeseg.export.tokenizer import SD_TOKENIZER_FACTS
 
 
 def sd_components(checkpoint: str | Path = "ldm_toy", image_size: int | tuple[int, int] | None = None,
@@ -23,7 +25,8 @@ def sd_components(checkpoint: str | Path = "ldm_toy", image_size: int | tuple[in
 
     info: ``vae_preprocessing`` (image_size [H, W], mean, std: image -> [-1, 1]), ``scaling_factor``,
     ``scheduler`` (diffusers DDPM/DDIM fields), ``attention`` (``grid`` [q_h, q_w], ``resolutions``, ``layers``),
-    ``latent_shape`` [C, h, w], ``sd_tokenizer`` (context_length 77, pad_id 49407), ``ldm`` (name, the ``checkpoint``
+    ``latent_shape`` [C, h, w], ``sd_tokenizer`` (context_length 77, pad_id 49407, cleaning ``"transformers"``:
+    tokenized as transformers' CLIPTokenizer of an SD 1.5 pipeline), ``ldm`` (name, the ``checkpoint``
     given, its resolved ``path``, ``weights_sha256`` of an ldm checkpoint),
     ``metrics`` (of a trained checkpoint, else {})."""
     from edgeseg.train.ldm import load_ldm
@@ -45,7 +48,7 @@ def sd_components(checkpoint: str | Path = "ldm_toy", image_size: int | tuple[in
             "scheduler": cfg["scheduler"],
             "attention": {"grid": list(grid), "resolutions": list(wrapper.resolutions),
                           "layers": list(wrapper.layer_names)},
-            "latent_shape": [c, h, w], "sd_tokenizer": dict(cfg["tokenizer"]),
+            "latent_shape": [c, h, w], "sd_tokenizer": dict(cfg["tokenizer"], cleaning=SD_TOKENIZER_FACTS["cleaning"]),
             "ldm": {"name": cfg["name"], "checkpoint": str(checkpoint), "path": cfg.get("checkpoint", str(checkpoint)),
                     "weights_sha256": cfg.get("weights_sha256", "")},
             "metrics": cfg.get("metrics", {})}

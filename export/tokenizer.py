@@ -22,6 +22,12 @@ without torch or open_clip. This module rebuilds that tokenizer with the HF
 * post-processor: ``<start_of_text> $A <end_of_text>``, truncation to
   ``context_length`` (which, like open_clip, keeps ``context_length - 2`` text
   tokens and ends with ``<end_of_text>``) and padding with id 0.
+
+The same file serves Ref-Diff's SD tokenizer: its manifest entry adds
+:data:`SD_TOKENIZER_FACTS` (pad with the end token, ``cleaning="transformers"``:
+the runtime reads text as transformers' ``CLIPTokenizer`` of an SD 1.5 pipeline).
+:func:`write_sd_tokenizer_folder` writes that pipeline's ``tokenizer/`` files
+(``vocab.json``, ``merges.txt`` and its configs) from the same BPE.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ PY_WHITESPACE = (
     r"[\t\n\x{0B}\x{0C}\r\x{1C}-\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}"
     r"\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]+"
 )
+
+
+#: The SD text encoder's tokenizer entry on top of the CLIP one (see the module doc).
+SD_TOKENIZER_FACTS = {"context_length": 77, "pad_id": EOT_ID, "cleaning": "transformers"}
+#: transformers' names of the special tokens (SD 1.5's tokenizer/vocab.json).
+HF_SPECIAL = {SOT_TOKEN: "<|startoftext|>", EOT_TOKEN: "<|endoftext|>"}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -196,3 +208,31 @@ def build_clip_tokenizer_json(
         "vocab_size": VOCAB_SIZE,
         "lowercase": True,
     }
+
+
+def write_sd_tokenizer_folder(folder: str | Path, bpe_path: str | Path | None = None) -> Path:
+    """Write a Stable Diffusion 1.5 pipeline's ``tokenizer/`` folder (what ``CLIPTokenizer.from_pretrained``
+    reads) from the CLIP BPE: ``vocab.json`` (the 49408 ids, the special tokens named ``<|startoftext|>`` /
+    ``<|endoftext|>``), ``merges.txt`` (``#version: 0.2`` + the 48894 merges), and ``tokenizer_config.json`` /
+    ``special_tokens_map.json`` with SD 1.5's settings (model_max_length 77, pad = unk = eos = ``<|endoftext|>``,
+    special tokens ``normalized``). Returns the folder."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder, merges = load_clip_vocab(bpe_path)
+    vocab = {HF_SPECIAL.get(k, k): v for k, v in encoder.items()}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+    def token(content: str) -> dict[str, Any]:
+        return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+                "single_word": False}
+
+    sot, eot = HF_SPECIAL[SOT_TOKEN], HF_SPECIAL[EOT_TOKEN]
+    special = {"bos_token": token(sot), "eos_token": token(eot), "pad_token": eot, "unk_token": token(eot)}
+    config = {"add_prefix_space": False, **special, "do_lower_case": True, "errors": "replace",
+              "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    return folder

@@ -29,7 +29,7 @@ from .backends import BACKENDS, resolve_backend
 from .fileio import sha256_file
 from .integrity import external_data_locations, inside
 from .manifest import ComponentEntry, ComponentSpec, Manifest, ManifestError, tokenizer_keys
-from .session import BundleError, Session, open_session
+from .session import DEFAULT_MEMORY, BundleError, OrtMemory, Session, memory_options, open_session
 
 __all__ = ["BACKENDS", "MANIFEST", "Bundle", "BundleError", "FORMAT", "FORMAT_VERSION"]
 
@@ -44,10 +44,15 @@ class Bundle:
     ``trt``; old spellings warn) or None for the bundle's own backend; ``self.provider`` holds the canonical
     name. No fallback: if the backend is unavailable or does not take the model, loading fails and says so.
     ``check_hashes=False`` skips the sha256 comparisons (names, containment and completeness are still checked).
+    ``memory``: ONNX Runtime's memory profile of every session, a name of :data:`~.session.MEMORY_PROFILES` or
+    an :class:`~.session.OrtMemory`: "low" opens them without the CPU arena and memory patterns, so that open
+    sessions hold their weights and not their peak activations; "speed" keeps ONNX Runtime's defaults; "auto"
+    (default) is "low" for bundles of >= 1 GiB of weights, else "speed". :meth:`memory_used` says what each
+    opened session got; :meth:`close` drops one.
     """
 
     def __init__(self, path: str | Path, provider: str | None = None, threads: int | None = None,
-                 check_hashes: bool = True):
+                 check_hashes: bool = True, memory: str | OrtMemory = DEFAULT_MEMORY):
         self.path = Path(path)
         rebuild = f"re-export it (edgeseg export <method> CHECKPOINT --out {self.path})"
         if not self.path.is_dir():
@@ -76,7 +81,8 @@ class Bundle:
         if backend not in BACKENDS:
             raise BundleError(f"{mpath} names backend {backend!r}; this runtime knows {sorted(BACKENDS)}; {rebuild}")
         provider = resolve_backend(provider, "provider") if provider else backend  # UnknownBackendError: one line
-        self.provider, self.threads, self._rebuild = provider, threads, rebuild
+        memory_options(memory)  # ValueError naming the profiles, before anything opens
+        self.provider, self.threads, self.memory, self._rebuild = provider, threads, memory, rebuild
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()  # sessions are opened once even when threads ask at the same time
         self._check_files(check_hashes)
@@ -189,9 +195,29 @@ class Bundle:
             if name not in self._sessions:
                 entry = self.entry(name)
                 model = entry.engine["file"] if BACKENDS[self.provider].engines and entry.engine else entry.file
+                memory = memory_options(self.memory, self._all_weight_bytes() if self.memory == "auto" else 0)
                 self._sessions[name] = open_session(self.provider, self.file(model), entry, self.threads,
-                                                    self._rebuild)
+                                                    self._rebuild, memory)
         return self._sessions[name]
+
+    def weight_bytes(self, name: str) -> int:
+        """Bytes of a component's ONNX graph file plus its external-data files (its weights, near enough)."""
+        entry = self.entry(name)
+        return sum(self.file(f).stat().st_size for f in [entry.file, *(e.file for e in entry.external_data)])
+
+    def _all_weight_bytes(self) -> int:
+        """Bytes of every component's files (what "auto" memory decides by)."""
+        return sum(self.weight_bytes(n) for n in self.components)
+
+    def close(self, name: str) -> bool:
+        """Drop a component's open session (its weights and buffers are freed when nothing else holds it);
+        the next :meth:`run` opens it again. Returns whether one was open."""
+        with self._lock:
+            return self._sessions.pop(name, None) is not None
+
+    def memory_used(self) -> dict[str, dict]:
+        """component -> the ONNX Runtime memory settings its open session got (:class:`~.session.OrtMemory`)."""
+        return {n: s.memory.to_dict() for n, s in dict(self._sessions).items() if hasattr(s, "memory")}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a component. feeds: input name -> array (dtype, rank, fixed dims and the min/max of the dynamic
@@ -212,9 +238,22 @@ class Bundle:
                     raise ValueError(f"component {name!r} input {t.name!r} axis {axis} ({dim}) is {n}, outside the "
                                      f"manifest's range [{t.min[axis]}, {t.max[axis]}]; split the input into "
                                      f"chunks within it")
-        return self.session(name).run({t.name: feeds[t.name] for t in spec.inputs})
+        feeds = {t.name: feeds[t.name] for t in spec.inputs}
+        session = self.session(name)
+        limit = getattr(getattr(session, "memory", None), "max_batch", None)
+        n = next(iter(feeds.values())).shape[0] if feeds else 0
+        if limit and n > limit and _batch_axis(spec):  # bounded activations: runs of at most ``limit``
+            parts = [session.run({k: v[i:i + limit] for k, v in feeds.items()}) for i in range(0, n, limit)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return session.run(feeds)
 
     @property
     def providers_used(self) -> dict[str, str]:
         """component -> what runs it (``Session.provider``), for the sessions opened so far."""
         return {n: s.provider for n, s in dict(self._sessions).items()}  # a copy: other threads may be adding
+
+
+def _batch_axis(spec: ComponentSpec) -> bool:
+    """Whether every input and output of ``spec`` has the leading axis ``batch`` (rows independent: a run can
+    be split along it)."""
+    return all(t.shape and t.shape[0] == "batch" for t in (*spec.inputs, *spec.outputs))

@@ -17,11 +17,12 @@ The predictor parses the expressions, picks the proposals (SAM masks and/or the 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,23 +92,35 @@ class RefDiffPredictor:
     tables and every option that differs are in :mod:`.refdiff_presets`. Overrides of the preset and the
     manifest's ``method_config``: alpha, beta, guidance, steps, strength, single_t, proposals ("sam",
     "thresholds", "both"), hard_branch ("mask", "crop"), position_bias (the branch whose input is x * P:
-    "hard" as the released code, "soft" as the paper's formula, "both"), parser (any spaCy pipeline name, or None
-    for the parser-free rule), seed (the DDIM noise).
+    "hard" as the released code, "soft" as the paper's formula, "both"), soft_branch ("resized", or
+    "released_native": CLIP at the image's own size, refused outside clip_masked's native range), parser (any
+    spaCy pipeline name, or None for the parser-free rule), seed (the DDIM noise).
 
     ``localizer=``, ``generator=``, ``scorer=``: stages already built from the same bundle, used as they are
     (their options become the predictor's; an override that contradicts one is refused).
 
     Thread-safe: ``state = pred.encode(image)`` then ``pred.predict(expression, state=state)`` from any number
     of threads; ``set_image`` / ``predict`` keep one image per calling thread. Every option is checked here, at
-    construction (:mod:`.refdiff_options`)."""
+    construction (:mod:`.refdiff_options`).
+
+    ``progress``: None/False (quiet, the default), True (stage names and times on stderr as ``[refdiff] ...``
+    lines, SAM point batches included), or a callable taking each message. ``memory``: ONNX Runtime's memory
+    profile for the bundle it opens (:class:`~.bundle.Bundle`: "auto", the default, "low" or "speed").
+    ``keep_sessions=False``: :meth:`encode` closes the image-stage sessions (VAE and SAM) once the image is
+    encoded, so the UNet runs without them resident (one image per process, as ``edgeseg refer``; the next
+    image opens them again)."""
 
     METHOD = "refdiff"
 
     def __init__(self, bundle: Bundle | str | Path, cache_dir: str | Path | None = "default",
                  provider: str | None = None, *, localizer: AttentionLocalizer | None = None,
                  generator: ProposalGenerator | None = None, scorer: ProposalScorer | None = None,
-                 preset: str = DEFAULT_PRESET, **overrides: Any):
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider)
+                 preset: str = DEFAULT_PRESET, progress: bool | Callable[[str], None] | None = None,
+                 memory: str = "auto", keep_sessions: bool = True, **overrides: Any):
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise ValueError(f"progress must be None, a bool or a callable taking a message, got {progress!r}")
+        self._say: Callable[[str], None] | None = (_stderr_line if progress is True else progress or None)
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, provider=provider, memory=memory)
         if self.bundle.method != self.METHOD:
             raise ValueError(f"bundle {self.bundle.path} holds method {self.bundle.method!r}; "
                              f"{type(self).__name__} needs a bundle of method {self.METHOD!r} "
@@ -126,11 +139,12 @@ class RefDiffPredictor:
             raise ValueError(f"position_bias {self.options['position_bias']!r} is not one of {BIAS_BRANCHES}")
         self.localizer = (AttentionLocalizer(self.bundle, cache_dir, **self._options_of(LOCALIZER_DEFAULTS))
                           if localizer is None else self._adopt("localizer", AttentionLocalizer, localizer, overrides))
-        self.generator = (ProposalGenerator(self.bundle)
+        self.generator = (ProposalGenerator(self.bundle, progress=self._batch_progress())
                           if generator is None else self._adopt("generator", ProposalGenerator, generator, overrides))
         self.scorer = (ProposalScorer(self.bundle, cache_dir, **self._options_of(SCORER_DEFAULTS))
                        if scorer is None else self._adopt("scorer", ProposalScorer, scorer, overrides))
         self._local = threading.local()  # .state: the ImageState set_image gave the calling thread
+        self.keep_sessions = bool(keep_sessions)
 
     def _options_of(self, keys: dict[str, Any]) -> dict[str, Any]:
         return {k: self.options[k] for k in keys}
@@ -172,10 +186,15 @@ class RefDiffPredictor:
         img = load_image(image)
         x_vae = self.localizer.preprocess(img)
         t1 = time.perf_counter()
+        self._note(f"VAE encoder ({img.shape[1]}x{img.shape[0]} image) ...")
         latent = self.localizer.encode_input(x_vae)
         t2 = time.perf_counter()
+        self._note(f"VAE encoder {t2 - t1:.1f} s; SAM encoder + automatic masks ...")
         sam = self.generator(img)
         t3 = time.perf_counter()
+        self._note(f"SAM encoder {sam.timings_ms['sam_encoder'] / 1e3:.1f} s, automatic masks "
+                   f"{sam.timings_ms['sam_proposals'] / 1e3:.1f} s ({len(sam)} masks"
+                   f"{', cached' if sam.cached else ''}); CLIP embeddings of the proposals ...")
         memo: dict[tuple, ProposalEmbeddings] = {}
         o = self.options
         masks = sam.masks
@@ -185,6 +204,10 @@ class RefDiffPredictor:
         if o["proposals"] != "thresholds" and keep.any():
             self.scorer.embed(img, masks[keep], (), memo, key=("sam", ()))
         t4 = time.perf_counter()
+        self._note(f"CLIP proposals {t4 - t3:.1f} s ({int(keep.sum())} kept)")
+        if not self.keep_sessions:
+            for name in ("vae_encoder", *self.generator.COMPONENTS):  # image stages only: text and UNet stay
+                self.bundle.close(name)
         return ImageState(img, latent, masks, memo, sam_keep=keep, timings_ms=
                                 {"preprocess": (t1 - t0) * 1e3, "vae_encoder": (t2 - t1) * 1e3,
                                  "sam_encoder": sam.timings_ms["sam_encoder"],
@@ -227,9 +250,15 @@ class RefDiffPredictor:
         states = self.localizer.text_states(self.localizer.prompts(parsed))
         refs = self.scorer.text_embeddings(parsed)
         t1 = time.perf_counter()
+        o = self.options
+        plan = (f"single t={o['single_t']}" if o.get("single_t") is not None
+                else f"DDIM {o['steps']} steps x strength {o['strength']}")
+        self._note(f"text {t1 - t0:.1f} s; UNet cross-attention, {len(parsed)} expression(s), {plan} ...")
         maps = self.localizer.attention(state.latent, states, targets.indices, state.size)
         t2 = time.perf_counter()
+        self._note(f"UNet {t2 - t1:.1f} s; scoring the proposals ...")
         out = [self._score(state, p, tok, c, r, source) for p, tok, c, r in zip(parsed, targets.indices, maps, refs)]
+        self._note(f"scoring {time.perf_counter() - t2:.1f} s")
         per = 1.0 / len(parsed)
         provider = self.bundle.providers_used.get("unet_attn", "")
         for res, truncated, gone in zip(out, targets.truncated, targets.lost):
@@ -301,6 +330,19 @@ class RefDiffPredictor:
         names = ["sam"] * len(sam) + srcs[k:]
         return full, names, out, select_best(out["total"], mask_full, "released_multiply_by_zero")
 
+    def _note(self, message: str) -> None:
+        """One progress message (stage name, time) to the ``progress`` callback, if any."""
+        if self._say is not None:
+            self._say(message)
+
+    def _batch_progress(self) -> Any:
+        """The SAM point-batch progress for :class:`ProposalGenerator`: True (its own stderr line) when this
+        predictor prints to stderr, a ``(done, total)`` adapter onto a message callback, None when quiet."""
+        say = self._say
+        if say is None or say is _stderr_line:
+            return say is not None or None
+        return lambda done, total: say(f"SAM automatic masks: {done}/{total} point batches")
+
     def parse(self, expression: str) -> ParsedExpression:
         """The expression parsed under the preset's ``target_rule`` and ``position_rule``: ``released_subject``
         takes the first token whose dependency is ROOT or a subject (any part of speech; target phrase = that
@@ -316,3 +358,8 @@ class RefDiffPredictor:
         if o["position_rule"] == "released_substring":
             p = replace(p, directions=released_direction(p.text))
         return p
+
+
+def _stderr_line(message: str) -> None:
+    """``progress=True``: one ``[refdiff] <message>`` line on stderr."""
+    print(f"[refdiff] {message}", file=sys.stderr, flush=True)

@@ -9,9 +9,15 @@
     c = loc.attention(latent, states, targets.indices, image.shape[:2])   # N x H x W float32 in [0, 1]
 
 The latent is noised to the first DDIM timestep (``steps`` x ``strength``, or the one timestep ``single_t``); the
-UNet runs the unconditional and conditional halves in one batch (classifier-free guidance ``guidance``) and
-returns its cross-attention probabilities averaged over heads and layers; each target token's map, averaged over
-the steps, min-max normalized at the attention grid and resized to the image, is ``c``.
+UNet runs the unconditional and conditional halves in one batch (classifier-free guidance ``guidance``).
+``attention_map="probabilities"`` (paper): its cross-attention probabilities averaged over heads and layers; each
+target token's map, averaged over the steps, min-max normalized at the attention grid and resized (bilinear) to
+the image, is ``c``. ``"released_lanczos"`` (released): its per-layer head-mean pre-softmax logits at latent/4
+(``attn_logits``); per layer call ``uncond + guidance * (cond - uncond)``, the token's column, min-max; the mean
+over every layer call of every step (:func:`~.refdiff_released.attention_from_logits`), then uint8, LANCZOS to the
+padded square, the crop back and min-max (:func:`~.refdiff_released.attention_to_image`). The released code
+hard-codes 9 in the attention combination and uses its config's scale (9) for the noise; here both are
+``guidance``.
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle
+from .bundle import Bundle, BundleError
 from .cache import TextEmbeddingCache
 from .ddim import DDIMSchedule
 from .images import preprocess, resize_maps
 from .refdiff_options import check_options
-from .refdiff_released import (attention_to_image, diffusion_pad_input, released_denoise_timesteps,
-                               released_noise_timestep, released_token_index)
+from .refdiff_released import (attention_from_logits, attention_to_image, diffusion_pad_input,
+                               released_denoise_timesteps, released_noise_timestep, released_token_index)
 from .refdiff_scores import normalize_map
 from .refer_text import ParsedExpression, target_token_index
 from .text import default_cache_dir, output_dim, text_cache_context
@@ -99,12 +105,31 @@ class AttentionLocalizer:
             raise ValueError("Ref-Diff option attention_map='released_lanczos' crops the padded square back: it "
                              "needs vae_geometry='diffusion_pad'")
         self.grid: tuple[int, int] = tuple(self.config["attention"]["grid"])  # type: ignore[assignment]
+        self.logits_grid: tuple[int, int] | None = None  # the attn_logits query grid (released attention map)
+        if o["attention_map"] == "released_lanczos":
+            self.logits_grid = self._logits_grid()
         self.sd_tokenizer = ClipTokenizer.from_manifest(self.bundle.manifest["sd_tokenizer"], self.bundle.path)
         root = default_cache_dir() if cache_dir == "default" else cache_dir
         self.sd_cache = TextEmbeddingCache(self._encode_sd, self.bundle.component_hash("sd_text"), root,
                                            context=text_cache_context(self.bundle, "sd_text", "sd_tokenizer"),
                                            dim=output_dim(self.bundle, "sd_text", "hidden_states"))
         self._uncond: np.ndarray | None = None
+
+    def _logits_grid(self) -> tuple[int, int]:
+        """(g_h, g_w) of ``unet_attn``'s ``attn_logits`` (the manifest's ``attention.logits.grid``); a bundle
+        exported before that output existed -> BundleError naming the fix."""
+        outputs = self.bundle.spec("unet_attn").output_names
+        logits = self.config["attention"].get("logits")
+        if "attn_logits" not in outputs or not logits:
+            raise BundleError(f"bundle {self.bundle.path}: unet_attn has no attn_logits output, which "
+                              f"attention_map='released_lanczos' (preset 'released') needs: re-export it with "
+                              f"`edgeseg export refdiff CONFIG --out DIR` (e.g. CONFIG toy), or use preset='paper'")
+        gh, gw = (int(v) for v in logits["grid"])
+        width = int(self.bundle.spec("unet_attn").output("attn_logits").shape[2])
+        if gh * gw != width:
+            raise BundleError(f"bundle {self.bundle.path}: attention.logits.grid {[gh, gw]} does not match "
+                              f"attn_logits' {width} queries: the manifest was edited; re-export the bundle")
+        return gh, gw
 
     # ------------------------------------------------------------------ image
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -195,7 +220,9 @@ class AttentionLocalizer:
 
         latent: 1 x C x h x w (:meth:`encode`); states: N x 77 x D (:meth:`text_states`); tokens: N indices into
         the 77-token row (:meth:`target_tokens`); size: (H, W) of the image the maps are resized to. The
-        expressions go through the UNet in batches of half its largest batch (unconditional + conditional)."""
+        expressions go through the UNet in batches of half its largest batch (unconditional + conditional).
+        ``attention_map="released_lanczos"``: expression i of a batch of n reads ``attn_logits`` rows i
+        (unconditional) and n + i (conditional), one layer call per layer and step."""
         if len(states) != len(tokens):
             raise ValueError(f"got {len(states)} text states but {len(tokens)} target tokens; give one token per "
                              f"expression")
@@ -205,6 +232,7 @@ class AttentionLocalizer:
         t_dtype = np.dtype(unet.input("timestep").dtype)
         width = int(unet.output("attn").shape[1])
         steps = self.timesteps()
+        released = o["attention_map"] == "released_lanczos"
         noise = np.random.default_rng(int(o["seed"])).standard_normal(latent.shape).astype(np.float32)
         maps = []
         for s in range(0, len(tokens), limit):
@@ -213,18 +241,27 @@ class AttentionLocalizer:
             ctx = np.concatenate([np.repeat(self.uncond_states(), n, 0), cond]).astype(np.float32)
             x = np.repeat(self.schedule.add_noise(latent, noise, self.noise_timestep()), n, 0)
             acc = np.zeros((n, width), np.float32)
+            calls: list[list[np.ndarray]] = [[] for _ in range(n)]  # per expression: 2 x 1 x (g_h*g_w) x 77 each
             for k, t in enumerate(steps):
                 out = self.bundle.run("unet_attn", {"sample": np.concatenate([x, x]),
                                                     "timestep": np.full(2 * n, t, t_dtype),
                                                     "encoder_hidden_states": ctx})
                 uncond, cond_eps = np.split(out["noise_pred"], 2)
-                acc += out["attn"][n + np.arange(n), :, list(tokens[s:s + n])]
+                if released:
+                    logits = out["attn_logits"]  # 2n x L x (g_h*g_w) x 77
+                    for i in range(n):
+                        calls[i] += [logits[[i, n + i], layer][:, None] for layer in range(logits.shape[1])]
+                else:
+                    acc += out["attn"][n + np.arange(n), :, list(tokens[s:s + n])]
                 if k + 1 < len(steps):
                     x = self.schedule.step(uncond + o["guidance"] * (cond_eps - uncond), t, x)
+            if released:
+                assert self.logits_grid is not None  # set in __init__ for this attention map
+                maps += [attention_to_image(attention_from_logits(calls[i], int(tok), self.logits_grid,
+                                                                  float(o["guidance"])), size)
+                         for i, tok in enumerate(tokens[s:s + n])]
+                continue
             for a in acc / len(steps):
                 small = normalize_map(a.reshape(self.grid))
-                if o["attention_map"] == "released_lanczos":
-                    maps.append(attention_to_image(small, size))
-                else:
-                    maps.append(np.clip(resize_maps(small[None], size)[0], 0.0, 1.0))
+                maps.append(np.clip(resize_maps(small[None], size)[0], 0.0, 1.0))
         return np.stack(maps) if maps else np.zeros((0, *size), np.float32)

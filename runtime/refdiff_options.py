@@ -63,6 +63,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sd_prompt": _choice("expression", "released_suffix"),
     "positive_prompt": ((lambda v: isinstance(v, str)), "must be a str (may be empty)"),
     "score_rule": _choice("paper", "released"),
+    "soft_branch": _choice("resized", "released_native"),
     "topk": _integer(1, optional=True),
     "min_area": _number(0.0, None),
     "min_area_fraction": _number(0.0, 1.0),

@@ -21,6 +21,9 @@ scales ``min_area`` to its 96 px images) < keyword overrides.
 | position_rule       | words           | released_substring       | "left" substring wins over "right"; no top/bottom |
 | sd_prompt           | expression      | released_suffix          | SD prompt = expression + ", " + positive_prompt   |
 | hard_branch         | mask            | masked_box               | x*M, or (x*P)*M cut to M's box                    |
+| soft_branch         | resized         | released_native          | f_M at CLIP's size (>= 50 % patches, CLS visible),|
+|                     |                 |                          | or the image at its own size, one class token per |
+|                     |                 |                          | proposal, nearest patch masks, no original CLS    |
 | position_bias       | hard            | hard                     | (same) P multiplies the hard branch's input       |
 | score_rule          | paper           | released                 | alpha/beta mix, or 0.7 hard + 0.3 soft + 0.05 s^G |
 | topk                | None            | 10                       | keep the 10 largest proposals                     |
@@ -48,7 +51,8 @@ PAPER: dict[str, Any] = {
     "seed": 0,
     "ddim_noise": "first_timestep", "vae_geometry": "squash", "attention_map": "probabilities",
     "target_rule": "nominal", "position_rule": "words", "sd_prompt": "expression", "positive_prompt": "",
-    "score_rule": "paper", "topk": None, "min_area": 0, "min_area_fraction": 0.0, "filtered_proposals": "exclude",
+    "score_rule": "paper", "soft_branch": "resized", "topk": None, "min_area": 0, "min_area_fraction": 0.0,
+    "filtered_proposals": "exclude",
     **RELEASED_WEIGHTS,
 }
 
@@ -56,7 +60,8 @@ PAPER: dict[str, Any] = {
 RELEASED_DIFF: dict[str, Any] = {
     "ddim_noise": "released_t_enc_index", "vae_geometry": "diffusion_pad", "attention_map": "released_lanczos",
     "target_rule": "released_subject", "position_rule": "released_substring", "sd_prompt": "released_suffix",
-    "hard_branch": "masked_box", "score_rule": "released", "topk": 10, "min_area": 10000,
+    "hard_branch": "masked_box", "soft_branch": "released_native", "score_rule": "released", "topk": 10,
+    "min_area": 10000,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"paper": dict(PAPER), "released": {**PAPER, **RELEASED_DIFF}}

@@ -7,12 +7,16 @@ the numpy mask generator of :mod:`edgeseg.runtime.sam_auto`), cached per image.
     gen(image).cached               # True: the same pixels again are a cache hit (read-only arrays, shared)
 
 The mask generator's settings (grid, IoU / stability filters, NMS, area limits, top_k) are the manifest's
-``method_config["amg"]``; ``amg=`` overrides some of them.
+``method_config["amg"]``; ``amg=`` overrides some of them. The per-mask work (upsampling to the image,
+thresholds, stability, boxes) runs in the bundle's ``sam_masks`` engine; a bundle exported before it existed
+runs it in numpy (same masks, slower) and says so once with a warning naming the re-export.
+``progress=True`` prints the point batches to stderr once the stage has run a few seconds (quiet by default).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -20,13 +24,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 
 from .bundle import Bundle
 from .images import load_image
 from .refdiff_localize import open_bundle
-from .sam_auto import AMG_DEFAULTS, generate_masks, sam_preprocess
-
+from .sam_auto import AMG_DEFAULTS, ProgressFn, generate_masks, sam_preprocess
 
 
 @dataclass
@@ -51,16 +56,30 @@ def image_key(image: np.ndarray) -> tuple:
 
 
 class ProposalGenerator:
-    """``ProposalGenerator(bundle, provider=None, amg=None, cache_size=4)``: image -> :class:`SamProposals`.
+    """``ProposalGenerator(bundle, provider=None, amg=None, cache_size=4, progress=None)``: image ->
+    :class:`SamProposals`.
 
     amg: overrides of the manifest's mask-generator settings (keys of :data:`edgeseg.runtime.sam_auto.AMG_DEFAULTS`);
-    cache_size: how many images' proposals are kept (least recently used dropped; 0: no cache)."""
+    cache_size: how many images' proposals are kept (least recently used dropped; 0: no cache);
+    progress: None/False (quiet), True (point batches on stderr once the stage has run 2 s), or a callable
+    ``(done, total)`` called after each point batch."""
 
-    COMPONENTS = ("sam_encoder", "sam_decoder")  # the bundle components this stage runs
+    COMPONENTS = ("sam_encoder", "sam_decoder")  # the bundle components this stage needs (+ sam_masks if there)
+    MASKS = "sam_masks"  # the post-processing engine (bundles exported since it exists)
 
     def __init__(self, bundle: Bundle | str | Path, provider: str | None = None, amg: dict[str, Any] | None = None,
-                 cache_size: int = 4):
+                 cache_size: int = 4, progress: bool | ProgressFn | None = None):
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise ValueError(f"progress must be None, a bool or a callable (done, total), got {progress!r}")
         self.bundle = open_bundle(bundle, provider, self.COMPONENTS, type(self).__name__)
+        self.progress = progress
+        self.engine_masks = self.MASKS in self.bundle.components
+        if self.engine_masks:
+            self.COMPONENTS = (*type(self).COMPONENTS, self.MASKS)
+        else:
+            warnings.warn(f"bundle {self.bundle.path} has no {self.MASKS!r} component: SAM mask post-processing "
+                          f"runs in numpy (same masks, several times slower); re-export it with edgeseg export "
+                          f"refdiff CONFIG --out DIR", stacklevel=2)
         self.config: dict = self.bundle.manifest.get("method_config", {})
         unknown = sorted(set(amg or {}) - set(AMG_DEFAULTS) - {"img_size"})
         if unknown:
@@ -84,8 +103,14 @@ class ProposalGenerator:
                               input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The automatic masks of an embedded image (H, W = ``original_hw``): (masks N x H x W bool, largest
         first, predicted_iou N float32, stability N float32)."""
+        run_masks, max_prompts = None, 1
+        if self.engine_masks:
+            run_masks = lambda feeds: self.bundle.run(self.MASKS, feeds)  # noqa: E731
+            max_prompts = int(self.bundle.spec(self.MASKS).input("image_tokens").max[0])
+        progress = StderrProgress("sam proposals") if self.progress is True else (self.progress or None)
         return generate_masks(lambda feeds: self.bundle.run("sam_decoder", feeds), embeddings, original_hw,
-                              input_hw, self.amg, self.sam_preprocessing["img_size"], self.mask_threshold)
+                              input_hw, self.amg, self.sam_preprocessing["img_size"], self.mask_threshold,
+                              run_masks=run_masks, max_prompts=max_prompts, progress=progress)
 
     def __call__(self, image: Any) -> SamProposals:
         """The automatic masks of an image (uint8 H x W x 3 RGB array, PIL image or path), from the cache when
@@ -117,3 +142,22 @@ class ProposalGenerator:
         """Forget the cached proposals."""
         with self._lock:
             self._cache.clear()
+
+
+class StderrProgress:
+    """A ``progress(done, total)`` callback printing ``label: done/total point batches (t s)`` on one stderr
+    line, starting only once ``after_s`` seconds have passed (short runs stay quiet)."""
+
+    def __init__(self, label: str, after_s: float = 2.0, stream: Any = None):
+        self.label, self.after_s, self.stream = label, after_s, stream
+        self.t0 = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.t0
+        if not self.shown and elapsed < self.after_s:
+            return
+        out = self.stream or sys.stderr
+        self.shown = True
+        out.write(f"\r{self.label}: {done}/{total} point batches ({elapsed:.0f} s)" + ("\n" if done >= total else ""))
+        out.flush()

@@ -10,6 +10,7 @@
 - :func:`attention_to_image`: uint8 quantization, LANCZOS to the padded square, crop back, min-max.
 - :func:`filter_proposals`, :func:`select_best`: top-k by area, minimum area, the argmax over kept proposals.
 - :func:`hard_crop`, :func:`resize_shortest`: the hard branch's input.
+- :func:`released_native_masks`: the soft branch's masks, nearest-downsampled to the CLIP patch grid.
 - :func:`released_position_bias`: "left" (substring) wins over "right"; 2/3-width ramp; float64 as released.
 - :func:`released_generative_scores`, :func:`released_total_scores`: ``s = w_h cos(hard, t_h) + w_s cos(soft,
   t_s) + w_d s^G`` with ``t_h = a_h t + b_h k`` and ``t_s = a_s t + b_s k`` (not renormalized, as released).
@@ -189,6 +190,27 @@ def resize_shortest(crop: np.ndarray, size: int = 224) -> np.ndarray:
     other = int(size * long / short)
     nw, nh = (size, other) if w <= h else (other, size)
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR))
+
+
+# ---------------------------------------------------------------------------------------------------- soft branch
+def _nearest_rows(size_in: int, size_out: int) -> np.ndarray:
+    """torch's ``mode="nearest"`` source indices: ``min(floor(i * float32(in / out)), in - 1)`` in float32."""
+    if size_in == size_out:
+        return np.arange(size_out)
+    scale = np.float32(size_in) / np.float32(size_out)
+    idx = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(idx, size_in - 1)
+
+
+def released_native_masks(masks: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """N x H x W bool -> N x (H // stride) x (W // stride) float32 {0, 1}: ``get_clipsoft``'s
+    ``F.interpolate(masks, (H // stride, W // stride), mode="nearest")`` (one pixel per patch, may be empty)."""
+    n, h, w = masks.shape
+    gh, gw = h // int(stride[0]), w // int(stride[1])
+    if gh < 1 or gw < 1:
+        raise ValueError(f"masks of {h}x{w} px are smaller than one {stride[0]}x{stride[1]} CLIP patch")
+    rows, cols = _nearest_rows(h, gh), _nearest_rows(w, gw)
+    return np.ascontiguousarray(masks[:, rows][:, :, cols], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- scores

@@ -11,6 +11,17 @@ tokens inside the proposal's patch mask and the hard branch f sees x * M (``hard
 (``"crop"``); the position bias P of the expression's direction words multiplies the input of the branch(es) named
 by ``position_bias`` ("hard" as the released code, "soft" as the paper's formula, "both"). s^D = cos(v, r) with r
 the mean of the unit-norm embeddings of the expression and its target phrase. s = alpha s^G + (1 - alpha) s^D.
+
+Soft branch (``soft_branch``): ``"resized"`` (the paper preset) runs f_M on the image resized to CLIP's input with
+>= 50 %-coverage patch masks and the original class token visible; ``"released_native"`` (the released preset,
+kodenii/Ref-Diff ``get_clipsoft``) runs CLIP on the whole image at its own size (the bundle's mean/std, no
+resize; position embeddings interpolated in-graph), one class token per proposal seeing only its patches, with
+the masks nearest-downsampled to the H // stride x W // stride patch grid (:func:`released_native_masks`). An
+image outside ``clip_masked``'s ``native_image`` range (manifest min/max, e.g. 32..1344 px per side for a
+224-px ViT-B/16) is refused with a one-line ValueError, never rescaled. Both branches come from one
+``clip_masked`` call: under "resized" the native inputs get their cheapest valid feed (min-size zeros); under
+"released_native" the resized branch still gets its real input (one CLIP pass at 224 px, output not read), so an
+INT8 calibration recorded from the pipeline sees real data on both.
 """
 
 from __future__ import annotations
@@ -26,16 +37,19 @@ from .images import preprocess
 from .refdiff_localize import open_bundle, stage_options
 from .refdiff_scores import discriminative_scores, generative_scores, masked_crops, patch_masks
 from .refdiff_released import (RELEASED_WEIGHTS, biased_image, hard_crop, released_generative_scores,
-                               released_position_bias, released_total_scores)
+                               released_native_masks, released_position_bias, released_total_scores)
 from .refer_text import ParsedExpression, position_bias
 from .text import TextEncoder
 
 # The scorer's options (the manifest's method_config overrides them, keyword arguments override both).
 SCORER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "beta": 0.3, "hard_branch": "mask", "position_bias": "hard",
-                                   "position_rule": "words", "score_rule": "paper", **RELEASED_WEIGHTS}
+                                   "position_rule": "words", "score_rule": "paper", "soft_branch": "resized",
+                                   **RELEASED_WEIGHTS}
 # Where P multiplies the image: the released code's hard branch (default, as its DDIM settings), the paper's
 # formula v = beta f_M(x*P) + (1 - beta) f(x*M) (soft), or both.
 BIAS_BRANCHES = ("hard", "soft", "both")
+# The soft branch's input: the image resized to CLIP's size (paper), or at its native size as released.
+SOFT_BRANCHES = ("resized", "released_native")
 
 
 @dataclass
@@ -75,7 +89,8 @@ class ProposalScores:
 
 class ProposalScorer:
     """``ProposalScorer(bundle, cache_dir="default", provider=None, **options)``: scores of proposals for a parsed
-    expression. Options: alpha, beta, hard_branch ("mask", "crop"), position_bias (:data:`BIAS_BRANCHES`);
+    expression. Options: alpha, beta, hard_branch ("mask", "crop", "masked_box"), position_bias
+    (:data:`BIAS_BRANCHES`), soft_branch (:data:`SOFT_BRANCHES`), position_rule, score_rule and the released weights;
     defaults :data:`SCORER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments.
 
     Text embeddings go through the persistent text cache (``cache_dir``: a folder, "default" or None); proposal
@@ -90,6 +105,14 @@ class ProposalScorer:
         self.options = stage_options(type(self).__name__, SCORER_DEFAULTS, self.config, options)
         if self.options["position_bias"] not in BIAS_BRANCHES:
             raise ValueError(f"position_bias {self.options['position_bias']!r} is not one of {BIAS_BRANCHES}")
+        spec = self.bundle.spec("clip_masked")
+        self._native = "native_image" in {t.name for t in spec.inputs}
+        if self.options["soft_branch"] == "released_native" and not self._native:
+            raise ValueError(f"bundle {self.bundle.path} has no native_image input in clip_masked (exported before "
+                             f"soft_branch='released_native' existed): re-export it, or pass soft_branch='resized'")
+        if self._native and not self.config.get("clip_masked", {}).get("native_stride"):
+            raise ValueError(f"bundle {self.bundle.path}: clip_masked has native inputs but method_config lacks "
+                             f"clip_masked.native_stride; re-export the bundle")
         self.text = TextEncoder(self.bundle, cache_dir)
 
     # ------------------------------------------------------------------ text
@@ -107,6 +130,29 @@ class ProposalScorer:
         return np.stack(out)
 
     # ------------------------------------------------------------------ proposals
+    def native_inputs(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The released soft branch's feeds: ``image`` H x W x 3 uint8 -> 1 x 3 x H x W float32 (/255, the
+        bundle's mean/std, no resize) and ``masks`` N x H x W bool -> N x (H // s) x (W // s) float32 nearest
+        samples. ValueError when H x W lies outside the manifest's native_image range."""
+        t = self.bundle.spec("clip_masked").input("native_image")
+        h, w = image.shape[:2]
+        (lo_h, lo_w), (hi_h, hi_w) = t.min[2:], t.max[2:]
+        if not (lo_h <= h <= hi_h and lo_w <= w <= hi_w):
+            raise ValueError(f"image {h}x{w} is outside clip_masked's native range {lo_h}x{lo_w} to {hi_h}x{hi_w} "
+                             f"(soft_branch='released_native' runs CLIP at the image's own size): resize the image "
+                             f"into it, or use soft_branch='resized'")
+        prep = self.bundle.preprocessing
+        x = (image[..., :3].astype(np.float32) / 255.0 - np.asarray(prep["mean"], np.float32)) \
+            / np.asarray(prep["std"], np.float32)
+        stride = tuple(self.config["clip_masked"]["native_stride"])
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), released_native_masks(masks, stride)
+
+    def _unused_native(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cheapest valid native feeds (min size, zeros) for calls whose native output is not read."""
+        t = self.bundle.spec("clip_masked").input("native_masks")
+        lo = self.bundle.spec("clip_masked").input("native_image").min
+        return np.zeros(lo, np.float32), np.zeros((n, *t.min[1:]), np.float32)
+
     def embed(self, image: np.ndarray, masks: np.ndarray, directions: Sequence[str] = (),
               memo: dict | None = None, key: Hashable | None = None) -> ProposalEmbeddings:
         """CLIP embeddings of N proposals ``masks`` (N x H x W bool) of ``image`` (H x W x 3 uint8), the
@@ -126,8 +172,10 @@ class ProposalScorer:
         else:
             ramp = position_bias(list(directions), *image.shape[:2])
         biased = np.clip(biased_image(image, ramp), 0, 255).astype(np.uint8)
-        x = preprocess(biased if where in ("soft", "both") else image, prep)
+        soft_src = biased if where in ("soft", "both") else image
+        x = preprocess(soft_src, prep)
         pm = patch_masks(masks, grid)  # type: ignore[arg-type]
+        nat = self.native_inputs(soft_src, masks) if self.options["soft_branch"] == "released_native" else None
         if self.options["hard_branch"] == "masked_box":  # (x * P) * M cut to M's box, truncated to uint8
             src = biased_image(image, ramp) if where in ("hard", "both") else image
             crops = [hard_crop(src, m) for m in masks]
@@ -136,8 +184,12 @@ class ProposalScorer:
         soft, hard = [], []
         for s in range(0, len(masks), limit):
             batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + limit]])
-            out = self.bundle.run("clip_masked", {"image": x, "patch_masks": pm[s:s + limit], "crops": batch})
-            soft.append(out["masked_embeds"])
+            feeds = {"image": x, "patch_masks": pm[s:s + limit], "crops": batch}
+            if self._native:
+                feeds["native_image"], feeds["native_masks"] = \
+                    (nat[0], nat[1][s:s + limit]) if nat is not None else self._unused_native(len(batch))
+            out = self.bundle.run("clip_masked", feeds)
+            soft.append(out["native_embeds" if nat is not None else "masked_embeds"])
             hard.append(out["crop_embeds"])
         res = ProposalEmbeddings(np.concatenate(soft), np.concatenate(hard))
         if memo is not None and key is not None:

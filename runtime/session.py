@@ -17,6 +17,7 @@ opens one session per component with :func:`open_session` and validates feeds ag
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +29,67 @@ from .manifest import ComponentEntry, ComponentSpec
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
                "tensor(int32)": "int32"}
+
+
+@dataclass(frozen=True)
+class OrtMemory:
+    """ONNX Runtime memory settings of one session (CPU execution provider; see :data:`MEMORY_PROFILES`).
+
+    - ``cpu_arena`` (``SessionOptions.enable_cpu_mem_arena``): ONNX Runtime's BFC arena keeps every block a run
+      allocated, grown in powers of two, for the next run. Fast for repeated calls with one shape, but each
+      session then holds its own peak activation memory for good: with seven Ref-Diff components open, the
+      sum of their peaks instead of the largest one. Off: activations go back to the system after each node.
+    - ``mem_pattern`` (``enable_mem_pattern``): one pre-planned block per input shape, kept per session; off
+      with the arena (it plans into the arena).
+    - ``prepacking`` (config ``session.disable_prepacking`` = "0"): MatMul / Conv weights repacked once at load
+      into the GEMM kernel's layout. ONNX Runtime releases the original (memory-mapped when it is external
+      data), so it costs no second copy (ONNX Runtime 1.32, a 512 MB MatMul graph: 518 MB at load with it, the
+      same after the first run without it); kept on.
+    - ``max_batch``: :meth:`~.bundle.Bundle.run` splits a larger batch into runs of at most this many (only for
+      components whose every input and output has the leading axis ``batch``; same results). The UNet's
+      self-attention at 64 x 64 latents holds 2 x 8 x 4096 x 4096 float32 scores per uncond + cond pair
+      (~2 GB at once); one by one halves that peak.
+    """
+
+    cpu_arena: bool = True
+    mem_pattern: bool = True
+    prepacking: bool = True
+    max_batch: int | None = None
+
+    def apply(self, opts: Any) -> None:
+        """Set these fields on an ``onnxruntime.SessionOptions``."""
+        opts.enable_cpu_mem_arena = self.cpu_arena
+        opts.enable_mem_pattern = self.mem_pattern
+        opts.add_session_config_entry("session.disable_prepacking", "0" if self.prepacking else "1")
+
+    def to_dict(self) -> dict[str, bool | int | None]:
+        return asdict(self)
+
+
+#: "low": no CPU arena, no memory patterns, batch-axis inputs run one by one, so an open session
+#: holds its weights and hands its activations back after each run (measured at full size:
+#: benchmarks/results/refdiff-memory-cpu.json);
+#: "speed": ONNX Runtime's defaults (each session keeps its peak activation memory for the next run).
+MEMORY_PROFILES: dict[str, OrtMemory] = {"low": OrtMemory(cpu_arena=False, mem_pattern=False, max_batch=1),
+                                          "speed": OrtMemory()}
+#: "auto" (the default) picks "low" for bundles whose weights reach :data:`AUTO_LOW_BYTES` (full-size models,
+#: where the arenas' held activations are gigabytes), "speed" for smaller ones (toy and tiny bundles keep ONNX
+#: Runtime's defaults: batched runs, arenas reused between calls).
+MEMORY_CHOICES = ("auto", *MEMORY_PROFILES)
+DEFAULT_MEMORY = "auto"
+AUTO_LOW_BYTES = 1 << 30
+
+
+def memory_options(memory: str | OrtMemory, weight_bytes: int = 0) -> OrtMemory:
+    """The :class:`OrtMemory` of profile ``memory`` (a name of :data:`MEMORY_CHOICES`, or an
+    :class:`OrtMemory` used as it is); "auto" resolves by ``weight_bytes`` (the bundle's)."""
+    if isinstance(memory, OrtMemory):
+        return memory
+    if memory == "auto":
+        return MEMORY_PROFILES["low" if weight_bytes >= AUTO_LOW_BYTES else "speed"]
+    if memory not in MEMORY_PROFILES:
+        raise ValueError(f"memory profile {memory!r} is not one of {list(MEMORY_CHOICES)}")
+    return MEMORY_PROFILES[memory]
 
 
 class BundleError(ValueError):
@@ -82,10 +144,11 @@ class OrtSession:
     ``ort-trt``) and nothing else: unavailable providers and silent fallbacks are refused.
 
     ``inference_session`` is the underlying ``onnxruntime.InferenceSession`` (for tools such as polygraphy's
-    ``OnnxrtRunner``). ``threads``: intra-op threads (None: ONNX Runtime's default)."""
+    ``OnnxrtRunner``). ``threads``: intra-op threads (None: ONNX Runtime's default). ``memory``: an
+    :class:`OrtMemory` (default: ONNX Runtime's own settings); ``self.memory`` holds the one applied."""
 
     def __init__(self, path: str | Path, entry: ComponentEntry, backend: str = "ort-cpu",
-                 threads: int | None = None, rebuild: str = "re-export the bundle"):
+                 threads: int | None = None, rebuild: str = "re-export the bundle", memory: OrtMemory | None = None):
         info = backend_info(backend)
         if info.ort_provider is None:
             raise ValueError(f"backend {backend!r} does not run on ONNX Runtime; open it with open_session()")
@@ -99,6 +162,8 @@ class OrtSession:
                                f"provider='ort-cpu'")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.memory = memory or MEMORY_PROFILES["speed"]  # None: ONNX Runtime's own defaults
+        self.memory.apply(opts)
         if threads:
             opts.intra_op_num_threads = threads
         kwargs: dict[str, Any] = {}
@@ -146,16 +211,17 @@ class OrtSession:
 
 
 def open_session(backend: str, path: str | Path, entry: ComponentEntry, threads: int | None = None,
-                 rebuild: str = "re-export the bundle") -> Session:
+                 rebuild: str = "re-export the bundle", memory: OrtMemory | None = None) -> Session:
     """Open ``entry`` on ``backend`` (a canonical name of :data:`~.backends.BACKENDS`). ``path``: the ONNX
-    file for ONNX Runtime backends, the engine plan for ``trt``."""
+    file for ONNX Runtime backends, the engine plan for ``trt``. ``memory``: ONNX Runtime's memory settings
+    (:class:`OrtMemory`; None: its defaults); TensorRT engines manage their own."""
     info = backend_info(backend)
     if info.session == "trt":
         from .trt_backend import TrtEngine  # tensorrt + cuda-python, imported only here
 
         return TrtEngine(path, entry, rebuild)
     if info.session == "ort":
-        return OrtSession(path, entry, backend, threads, rebuild)
+        return OrtSession(path, entry, backend, threads, rebuild, memory)
     raise ValueError(f"backend {backend!r} names session kind {info.session!r}, which open_session does not know; "
                      f"add its branch here (see runtime/backends.py)")
 

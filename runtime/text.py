@@ -20,12 +20,15 @@ def default_cache_dir() -> Path:
 def text_cache_context(bundle: Bundle, component: str, tokenizer: str = "tokenizer") -> tuple[str, ...]:
     """What, besides the encoder graph's sha256 (the cache's ``encoder_id``) and the prompt, determines a text
     embedding of ``component``: the sha256 of its external weights, the tokenizer file's sha256, its context
-    length and its special ids. Part of every cache key, so a bundle whose tokenizer (or weights) differ never
-    shares entries with another, whatever their encoder graphs."""
+    length, its special ids and its text cleaning rule (named only when it is not open_clip's). Part of every
+    cache key, so a bundle whose tokenizer (or weights) differ never shares entries with another, whatever their
+    encoder graphs."""
     tok = bundle.tokenizer_facts(tokenizer)
     ext = [f"external:{e.file}:{e.sha256}" for e in bundle.entry(component).external_data]
-    return (*ext, f"tokenizer:{tok['sha256']}", f"context_length:{tok['context_length']}",
-            f"ids:{tok['sot_id']},{tok['eot_id']},{tok['pad_id']}")
+    key = (*ext, f"tokenizer:{tok['sha256']}", f"context_length:{tok['context_length']}",
+           f"ids:{tok['sot_id']},{tok['eot_id']},{tok['pad_id']}")
+    cleaning = tok.get("cleaning", "open_clip")  # the text cleaning rule (the SD tokenizer's is transformers')
+    return key if cleaning == "open_clip" else (*key, f"cleaning:{cleaning}")
 
 
 def output_dim(bundle: Bundle, component: str, output: str) -> int | None:

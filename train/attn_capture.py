@@ -1,14 +1,19 @@
 """Cross-attention capture for a diffusers ``UNet2DConditionModel`` (Ref-Diff's localization maps).
 
-:class:`CaptureProcessor` computes ``probs = softmax(Q K^T / sqrt(d))`` explicitly (so the maps exist even where a
-fused SDPA processor would run), averages them over heads and keeps ``B x (h*w) x T`` for the wrapper.
+:class:`CaptureProcessor` computes ``scores = Q K^T / sqrt(d)`` and ``probs = softmax(scores)`` explicitly (so the
+maps exist even where a fused SDPA processor would run) and keeps, averaged over heads, the probabilities
+``B x (h*w) x T`` and/or the pre-softmax logits ``B x (h*w) x T`` (before any attention mask).
 :class:`AttentionCapture` installs one on every cross-attention layer whose query grid is in the chosen
-resolutions and returns ``(noise_pred, attn)``, ``attn`` the mean over layers on a target grid (layers at other
-grids bilinearly resized with static sizes). Per-layer grids come from one eager pass at construction, so the
-traced graph holds no shape arithmetic (export-notes traps 5, 6, 7).
+resolutions, or is the logits grid, and returns ``(noise_pred, attn)`` or ``(noise_pred, attn, attn_logits)``:
+``attn`` the mean of the probabilities over layers on a target grid (layers at other grids bilinearly resized
+with static sizes, the paper preset), ``attn_logits`` ``B x L x (q_h*q_w) x T`` the per-layer logits of the L
+layers at the logits grid (the released preset: kodenii/Ref-Diff ``ldm/modules/attention.py`` reads the scores
+before the softmax). Per-layer grids come from one eager pass at construction, so the traced graph holds no shape
+arithmetic (export-notes traps 5, 6, 7).
 
-:func:`reference_attention` computes the same map with diffusers' own ``AttnProcessor`` /
-``Attention.get_attention_scores``, for parity tests.
+:func:`reference_attention` and :func:`reference_logits` compute the same tensors with diffusers' own
+``AttnProcessor`` / ``Attention.get_attention_scores`` (the logits written from the released ``CrossAttention``:
+``einsum(q, k) * scale`` on the ``(b h) n d`` layout), for parity tests.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from torch import nn
 
 
 class CaptureProcessor:
-    """Attention processor that stores head-averaged attention probabilities (``B x N x T``) in ``self.probs``."""
+    """Attention processor that stores head-averaged attention probabilities (``B x N x T``) in ``self.probs``
+    (``keep_probs``) and head-averaged pre-softmax logits ``q.k * scale`` (``B x N x T`` float32, before any
+    attention mask) in ``self.logits`` (``keep_logits``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_probs: bool = True, keep_logits: bool = False) -> None:
+        self.keep_probs, self.keep_logits = bool(keep_probs), bool(keep_logits)
         self.probs: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -52,11 +61,14 @@ class CaptureProcessor:
         k = k.view(batch, -1, heads, d).transpose(1, 2)
         v = v.view(batch, -1, heads, d).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # B x heads x N x T
+        if self.keep_logits:
+            self.logits = scores.float().mean(dim=1)  # B x N x T, before the mask (as released)
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
             scores = scores + mask.view(batch, heads, -1, mask.shape[-1])
         probs = scores.float().softmax(dim=-1)
-        self.probs = probs.mean(dim=1)  # B x N x T
+        if self.keep_probs:
+            self.probs = probs.mean(dim=1)  # B x N x T
         out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(batch, n, heads * d)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -116,48 +128,85 @@ def _combine(maps: list[tuple[torch.Tensor, tuple[int, int]]], grid: tuple[int, 
 
 class AttentionCapture(nn.Module):
     """Export wrapper: ``(sample B x 4 x h x w, timestep B float32, encoder_hidden_states B x T x D)`` ->
-    ``(noise_pred B x 4 x h x w, attn B x (q_h*q_w) x T float32)``; ``attn`` rows sum to 1."""
+    ``(noise_pred B x 4 x h x w, attn B x (q_h*q_w) x T float32)``; ``attn`` rows sum to 1.
+
+    ``logits_resolution``: a query-grid height (e.g. latent h / 4, the released Ref-Diff's image/32); then a third
+    output ``attn_logits`` B x L x (g_h*g_w) x T float32, the head-mean pre-softmax logits of each of the L
+    cross-attention layers at that grid, in forward order (:attr:`logits_layer_names`). None: two outputs."""
 
     def __init__(self, unet: nn.Module, latent_hw: tuple[int, int], resolutions: list[int] | tuple[int, ...],
-                 grid: tuple[int, int] | None = None, query_downscale: int = 2, context_len: int = 77):
+                 grid: tuple[int, int] | None = None, query_downscale: int = 2, context_len: int = 77,
+                 logits_resolution: int | None = None,
+                 grids: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         self.unet = unet
         self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
+        self.context_len = int(context_len)
         self.grid = tuple(grid) if grid is not None else (self.latent_hw[0] // query_downscale,
                                                           self.latent_hw[1] // query_downscale)
-        grids = layer_grids(unet, self.latent_hw, unet.config.cross_attention_dim, context_len)
+        if grids is None:  # ``grids``: :func:`layer_grids` of this UNet and latent, when already known
+            grids = layer_grids(unet, self.latent_hw, unet.config.cross_attention_dim, context_len)
+        self.grids = tuple(grids.items())  # (name, (h, w)) of every cross-attention layer, forward order
+        have = sorted({g[0] for g in grids.values()})
         self.resolutions = tuple(sorted({int(r) for r in resolutions}))
         chosen = [(n, g) for n, g in grids.items() if g[0] in self.resolutions]
         if not chosen:
-            have = sorted({g[0] for g in grids.values()})
             raise ValueError(f"no cross-attention layer has a query grid in {list(self.resolutions)} for latent "
                              f"{self.latent_hw}; the UNet's grids are {have}: pick resolutions among them")
         self.layer_names = tuple(n for n, _ in chosen)  # a tuple of names: no dict for export to copy
         self.layer_hw = tuple(g for _, g in chosen)
-        for name in self.layer_names:  # per-module set_processor: no shared dict (trap 7)
-            unet.get_submodule(name).set_processor(CaptureProcessor())
+        self.logits_resolution = None if logits_resolution is None else int(logits_resolution)
+        at = [(n, g) for n, g in grids.items() if g[0] == self.logits_resolution]
+        if self.logits_resolution is not None and not at:
+            raise ValueError(f"no cross-attention layer has the logits query grid {self.logits_resolution} for "
+                             f"latent {self.latent_hw}; the UNet's grids are {have}: pick logits_resolution among "
+                             f"them")
+        self.logits_layer_names = tuple(n for n, _ in at)
+        self.logits_grid: tuple[int, int] | None = at[0][1] if at else None
+        for name in dict.fromkeys(self.layer_names + self.logits_layer_names):  # per-module processors (trap 7)
+            unet.get_submodule(name).set_processor(CaptureProcessor(keep_probs=name in self.layer_names,
+                                                                    keep_logits=name in self.logits_layer_names))
+
+    def _processor(self, name: str) -> CaptureProcessor:
+        proc = self.unet.get_submodule(name).processor
+        if not isinstance(proc, CaptureProcessor):
+            raise RuntimeError(f"the attention processor of {name} was replaced by {type(proc).__name__} after "
+                               f"AttentionCapture was built (set_attn_processor?); build AttentionCapture again")
+        return proc
 
     def captured(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-        """The maps of the last forward, looked up through the modules at call time (trap 5)."""
+        """The probability maps of the last forward, looked up through the modules at call time (trap 5)."""
         out = []
         for name, hw in zip(self.layer_names, self.layer_hw):
-            proc = self.unet.get_submodule(name).processor
-            if not isinstance(proc, CaptureProcessor):
-                raise RuntimeError(f"the attention processor of {name} was replaced by {type(proc).__name__} after "
-                                   f"AttentionCapture was built (set_attn_processor?); build AttentionCapture again")
+            proc = self._processor(name)
             if proc.probs is None:
-                raise RuntimeError(f"layer {name} captured no attention in the last forward; it did not run")
+                raise RuntimeError(f"layer {name} captured no attention in the last forward; it did not run (or "
+                                   f"its processor was rebuilt without probabilities): build AttentionCapture again")
             out.append((proc.probs, hw))
         return out
 
+    def captured_logits(self) -> torch.Tensor:
+        """B x L x (g_h*g_w) x T: the logits of the last forward at the logits grid, one row per layer."""
+        maps = []
+        for name in self.logits_layer_names:
+            proc = self._processor(name)
+            if proc.logits is None:
+                raise RuntimeError(f"layer {name} captured no attention logits in the last forward; it did not run "
+                                   f"(or its processor was rebuilt without logits): build AttentionCapture again")
+            maps.append(proc.logits)
+        return torch.stack(maps, dim=1)
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        for name in self.layer_names:
+                ) -> tuple[torch.Tensor, ...]:
+        for name in dict.fromkeys(self.layer_names + self.logits_layer_names):
             proc = self.unet.get_submodule(name).processor
             if isinstance(proc, CaptureProcessor):
-                proc.probs = None
+                proc.probs = proc.logits = None
         noise = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-        return noise, _combine(self.captured(), self.grid)
+        attn = _combine(self.captured(), self.grid)
+        if self.logits_resolution is None:
+            return noise, attn
+        return noise, attn, self.captured_logits()
 
 
 @torch.no_grad()
@@ -190,3 +239,41 @@ def reference_attention(unet: nn.Module, sample: torch.Tensor, timestep: torch.T
             mod.__dict__.pop("get_attention_scores", None)
             mod.set_processor(proc)
     return _combine([(got[n], g) for n, g in chosen], grid)
+
+
+@torch.no_grad()
+def reference_logits(unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor,
+                     resolution: int) -> torch.Tensor:
+    """B x L x (g_h*g_w) x T float32: the head-mean pre-softmax cross-attention logits of the L layers whose query
+    grid height is ``resolution``, as the released ``CrossAttention.forward`` forms them (``q, k`` as
+    ``(b h) n d``, ``einsum('b i d, b j d -> b i j') * scale``, before the mask; its ``sim[0:mid].mean(0)`` is the
+    head mean of the first batch half), read inside diffusers' own ``AttnProcessor`` (its ``head_to_batch_dim``
+    layout, through ``Attention.get_attention_scores``). Processors of the UNet are restored afterwards."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+    grids = layer_grids(unet, latent_hw, unet.config.cross_attention_dim, states.shape[1])
+    chosen = [n for n, g in grids.items() if g[0] == int(resolution)]
+    saved = {n: unet.get_submodule(n).processor for n in chosen}
+    got: dict[str, torch.Tensor] = {}
+    try:
+        for name in chosen:
+            mod = unet.get_submodule(name)
+            mod.set_processor(AttnProcessor())
+            orig = type(mod).get_attention_scores.__get__(mod)
+
+            def scores(q, k, mask=None, name=name, orig=orig, mod=mod):
+                sim = torch.einsum("bid,bjd->bij", q.float(), k.float()) * mod.scale  # (b h) x N x T
+                got[name] = sim.view(-1, mod.heads, sim.shape[1], sim.shape[2]).mean(1)
+                return orig(q, k, mask)
+            mod.get_attention_scores = scores
+        unet(sample, timestep, states)
+    finally:
+        for name, proc in saved.items():
+            mod = unet.get_submodule(name)
+            mod.__dict__.pop("get_attention_scores", None)
+            mod.set_processor(proc)
+    missing = [n for n in chosen if n not in got]
+    if not chosen or missing:
+        raise RuntimeError(f"reference_logits: layers {missing or chosen} at grid {resolution} produced no logits")
+    return torch.stack([got[n] for n in chosen], dim=1)

@@ -9,8 +9,11 @@ Architectures are plain dicts (diffusers ``UNet2DConditionModel`` / ``Autoencode
 - ``"sd15"`` / ``"toy-tiny"``: random weights at that architecture;
 - ``"sd15:/path/to/diffusers_folder"``: subfolders ``unet/``, ``vae/``, ``text_encoder/`` (``from_pretrained``,
   ``local_files_only=True``);
-- ``"sd15:/path/to/v1-5.safetensors"`` or ``.ckpt``: an original single-file LDM checkpoint, converted with
-  diffusers' single-file conversion functions against the local configs (nothing is downloaded).
+- ``"sd15:/path/to/v1-5.safetensors"`` or ``.ckpt``: an original single-file LDM checkpoint (UNet, VAE and
+  text encoder; fp16 or fp32; .ckpt read with ``weights_only``), mapped against the local configs by
+  :mod:`.ldm_single_file` (nothing is downloaded). A file holding EMA and non-EMA UNet weights loads the
+  non-EMA ones, as diffusers' ``from_single_file`` does; ``"sd15+ema:/path/to/v1-5-pruned.ckpt"`` loads the EMA
+  ones.
 
 It returns ``(text_encoder, vae, unet, cfg)`` in eval mode; ``cfg`` holds preprocessing, the VAE scaling factor,
 the scheduler, the attention grid and the tokenizer facts the numpy runtime needs.
@@ -27,6 +30,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .ldm_single_file import convert_text_encoder, load_single_file_into
+
+__all__ = ["LDM_CONFIGS", "LDM_WEIGHTS", "build_ldm", "build_modules", "convert_text_encoder", "ldm_state",
+           "list_models", "load_ldm", "make_cfg", "parse_spec", "sd_tokenize", "word_token_index"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -167,69 +175,31 @@ def _load_diffusers_folder(name: str, folder: Path) -> tuple[nn.Module, nn.Modul
     return text, vae, unet
 
 
-def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
-    from .checkpoint import safe_safetensors_load, safe_torch_load
-
-    if path.suffix == ".safetensors":
-        return safe_safetensors_load(path, "Stable Diffusion")
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        obj = safe_torch_load(path, "Stable Diffusion")
-        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    raise ValueError(f"{path} is neither .safetensors nor .ckpt; give an original LDM single-file checkpoint "
-                     f"or a diffusers folder")
-
-
-def convert_single_file(state: dict[str, torch.Tensor], arch: dict[str, dict]
-                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Original LDM keys (``model.diffusion_model.``, ``first_stage_model.``, ``cond_stage_model.transformer.``)
-    -> diffusers (unet, vae) and transformers (text) state dicts, using diffusers' conversion functions."""
-    _import_diffusers()
-    from diffusers.loaders import single_file_utils as sfu
-
-    prefix = "cond_stage_model.transformer."
-    for p in ("model.diffusion_model.", "first_stage_model.", prefix):
-        if not any(k.startswith(p) for k in state):
-            raise ValueError(f"the single-file checkpoint has no {p}* weights (UNet model.diffusion_model.*, VAE "
-                             f"first_stage_model.*, text encoder {prefix}*); is it an original SD 1.x checkpoint?")
-    try:
-        unet_sd = sfu.convert_ldm_unet_checkpoint(state, dict(arch["unet"]))
-        vae_sd = sfu.convert_ldm_vae_checkpoint(state, dict(arch["vae"]))
-    except (KeyError, IndexError) as e:
-        raise ValueError(f"the single-file checkpoint does not match the {arch['unet'].get('block_out_channels')} "
-                         f"UNet / VAE configs (missing {e}); is it an SD 1.x checkpoint?") from e
-    return unet_sd, vae_sd, convert_text_encoder(state)
-
-
-def convert_text_encoder(state: dict[str, torch.Tensor], module_keys: Any = None) -> dict[str, torch.Tensor]:
-    """The ``cond_stage_model.transformer.*`` weights of an original LDM checkpoint -> the state dict of
-    transformers' ``CLIPTextModel``. Real SD 1.x files carry ``cond_stage_model.transformer.text_model.*``; older
-    exports and diffusers' own conversion script differ by the ``text_model.`` level. Keys are first stripped of it,
-    then given it back only where the target module's own keys (``module_keys``; None: transformers 5's layout,
-    without ``text_model.``) use it."""
-    prefix = "cond_stage_model.transformer."
-    text_sd = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    text_sd = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in text_sd.items()}
-    nested = module_keys is not None and any(str(k).startswith("text_model.") for k in module_keys)
-    return {("text_model." + k if nested else k): v for k, v in text_sd.items()}
-
-
-def _load_single_file(name: str, path: Path) -> tuple[nn.Module, nn.Module, nn.Module]:
-    state = _read_single_file(path)
+def _load_single_file(name: str, path: Path, ema: bool = False) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """An original LDM single file at architecture ``name`` (see :mod:`.ldm_single_file`)."""
     text, vae, unet = build_modules(_arch(name))
-    # convert against the full configs of the built modules (diffusers defaults filled in)
-    unet_sd, vae_sd, _ = convert_single_file(state, {"unet": dict(unet.config), "vae": dict(vae.config)})
-    text_sd = convert_text_encoder(state, text.state_dict().keys())
-    _load_into(unet, unet_sd, "unet")
-    _load_into(vae, vae_sd, "vae")
-    _load_into(text, text_sd, "text_encoder")
+    load_single_file_into(path, text, vae, unet, ema=ema)
     return text, vae, unet
+
+
+def parse_spec(spec: str) -> tuple[str, str, bool]:
+    """``"sd15"`` -> (name, "", False); ``"sd15:/where"`` -> (name, where, False); ``"sd15+ema:/file"`` ->
+    (name, file, True); anything else (a checkpoint folder or bundled name) -> (spec, "", False)."""
+    head, sep, where = spec.partition(":")
+    name, plus, flag = head.partition("+")
+    if not sep or name not in LDM_CONFIGS:
+        return spec, "", False
+    if plus and flag != "ema":
+        raise ValueError(f"unknown option {'+' + flag!r} in {spec!r}; the only one is '+ema' "
+                         f"('{name}+ema:<file.ckpt>': the EMA UNet weights of a single file)")
+    return name, where, bool(plus)
 
 
 def load_ldm(spec: str | Path, image_size: int | tuple[int, int] | None = None
              ) -> tuple[nn.Module, nn.Module, nn.Module, dict[str, Any]]:
     """``(text_encoder, vae, unet, cfg)`` in eval mode from a spec (see the module doc)."""
     s = str(spec)
-    name, _, where = s.partition(":") if ":" in s and s.split(":", 1)[0] in LDM_CONFIGS else (s, "", "")
+    name, where, ema = parse_spec(s)
     if name in LDM_CONFIGS and not where:
         text, vae, unet, cfg = build_ldm(name, image_size=image_size)
         cfg["checkpoint"] = f"{name} (random weights)"
@@ -244,7 +214,10 @@ def load_ldm(spec: str | Path, image_size: int | tuple[int, int] | None = None
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; give '{name}:<diffusers folder>' or "
                                 f"'{name}:<file.safetensors|.ckpt>'")
-    text, vae, unet = _load_diffusers_folder(name, path) if path.is_dir() else _load_single_file(name, path)
+    if path.is_dir() and ema:
+        raise ValueError(f"'+ema' selects the EMA weights of a single-file checkpoint; {path} is a folder: give "
+                         f"'{name}:{path}'")
+    text, vae, unet = _load_diffusers_folder(name, path) if path.is_dir() else _load_single_file(name, path, ema)
     arch = {"vae": dict(vae.config)}
     w = dict(LDM_WEIGHTS[name])
     w["scaling_factor"] = float(getattr(vae.config, "scaling_factor", w["scaling_factor"]))
@@ -260,7 +233,9 @@ def _weights_of(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def sd_tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
-    """N x 77 int64 CLIP BPE ids, SD style: sot ... eot, padded with eot (49407)."""
+    """N x 77 int64 CLIP BPE ids, SD style: sot ... eot, padded with eot (49407). open_clip's cleaning (for
+    training on ToyWorld's plain captions, where it equals SD's tokenizer); the bundle's ``sd_tokenizer`` reads
+    any text as transformers' CLIPTokenizer of an SD 1.5 pipeline (``edgeseg.runtime.tokenizer``)."""
     import open_clip
 
     ids = open_clip.tokenize(list(texts), context_length=context_length)

@@ -39,7 +39,7 @@ from edgeseg.runtime.fileio import sha256_file, staged_dir
 from edgeseg.export.build.calib_pipeline import PIPELINE_METHODS, drop_spool, estimate_peak, pipeline_spool
 from edgeseg.export.build.external import copy_graph, finalize
 from edgeseg.export.build.lint import TARGETS, lint_file
-from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, convert_fp16, recipe_hash
+from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, STREAM_THRESHOLD, convert_fp16, recipe_hash
 from edgeseg.export.build.quantize import (DEFAULT_CALIB_N, INT8_DYNAMIC_POLICY, INT8_POLICY, calibration_set, component_feeds,
                        quantize_int8, quantize_int8_dynamic)
 
@@ -71,9 +71,11 @@ def precision_recipe(precision: str, component: dict) -> dict:
 def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-cpu", out: str | Path | None = None,
                  calib_n: int = DEFAULT_CALIB_N, calib_images: str | Path | None = None, calib_texts: str | Path | None = None,
                  lint_targets: tuple[str, ...] = tuple(TARGETS), trt_options: dict | None = None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, stream_threshold: int = STREAM_THRESHOLD) -> Path:
     """Build the ``precision`` / ``backend`` variant of the FP32 bundle ``src``; returns the new folder.
-    ``backend``: a name of ``edgeseg.runtime.backends.BACKENDS`` (``tensorrt``, the old name of ``trt``, warns)."""
+    ``backend``: a name of ``edgeseg.runtime.backends.BACKENDS`` (``tensorrt``, the old name of ``trt``, warns).
+    ``stream_threshold``: FP16 conversion of a graph file this large (or with external data) runs tensor by
+    tensor into one external-data file (``precision.convert_fp16``); lower it to force that path."""
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
@@ -104,7 +106,7 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
         calib.source = dict(calib.source, pipeline={"method": man["method"], "components": summary})
     try:
         return _build(source, man, precision, backend, out, convert, have, calib, spool, lint_targets,
-                      trt_options, progress)
+                      trt_options, progress, stream_threshold)
     finally:
         if spool is not None:
             drop_spool(spool)
@@ -129,7 +131,8 @@ def _int8_component(name: str, comp: dict, man: dict, source: Bundle, src_file: 
 
 
 def _build(source: Bundle, man: dict, precision: str, backend: str, out: Path, convert: bool, have: str, calib,
-           spool, lint_targets: tuple[str, ...], trt_options: dict | None, progress: bool) -> Path:
+           spool, lint_targets: tuple[str, ...], trt_options: dict | None, progress: bool,
+           stream_threshold: int = STREAM_THRESHOLD) -> Path:
     from tqdm import tqdm
 
     with staged_dir(out) as tmp:
@@ -143,8 +146,10 @@ def _build(source: Bundle, man: dict, precision: str, backend: str, out: Path, c
             if not convert:
                 copy_graph(src_file, dst_file, [e.file for e in view.external_data])
             elif precision == "fp16":
-                rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]), external=external)
-                done = {"nodes": rep.nodes, "nodes_fp32": rep.nodes_fp32, "clipped_constants": rep.clipped_constants}
+                rep = convert_fp16(src_file, dst_file, fp32_outputs=tuple(recipe["fp32_outputs"]), external=external,
+                                   stream_threshold=stream_threshold)
+                done = {"nodes": rep.nodes, "nodes_fp32": rep.nodes_fp32, "clipped_constants": rep.clipped_constants,
+                        **({"notes": rep.notes} if rep.notes else {})}
             elif precision == "int8":
                 done = _int8_component(name, comp, man, source, src_file, dst_file, calib, spool,
                                        tuple(recipe["exclude"]), external, progress)

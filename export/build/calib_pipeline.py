@@ -108,12 +108,14 @@ class SpoolReader:
         self.set_range(0, len(self.files))
 
 
-def record_runs(bundle: Any, spool: FeedSpool) -> Callable[[], None]:
-    """Wrap ``bundle.run`` so every call's feeds go to ``spool``; returns the function that unwraps it."""
+def record_runs(bundle: Any, spool: FeedSpool, skip: frozenset[str] = frozenset()) -> Callable[[], None]:
+    """Wrap ``bundle.run`` so every call's feeds go to ``spool`` (except components in ``skip``: nothing of
+    theirs is quantized); returns the function that unwraps it."""
     original = bundle.run
 
     def run(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spool.add(name, feeds)
+        if name not in skip:
+            spool.add(name, feeds)
         return original(name, feeds)
 
     bundle.run = run
@@ -131,7 +133,10 @@ def capture_refdiff(bundle_dir: str | Path, calib: Any, spool: FeedSpool, texts_
     from edgeseg.runtime.refdiff import RefDiffPredictor
 
     bundle = Bundle(bundle_dir, provider="ort-cpu")
-    unwrap = record_runs(bundle, spool)
+    # sam_masks (INT8-excluded whole) takes N x g^2 x C image tokens: 268 MB a call at full size, not spooled
+    skip = frozenset(n for n, c in bundle.components.items()
+                     if list(c.get("precision_hints", {}).get("int8_exclude", [])) == [".*"])
+    unwrap = record_runs(bundle, spool, skip)
     try:
         pred = RefDiffPredictor(bundle, cache_dir=None, parser=None)
         pairs = getattr(calib, "image_texts", None) or []

@@ -10,7 +10,9 @@ exporter, listed in the manifest with its sha256 (``components.<name>.external_d
 - :func:`finalize` (export and build): rewrite whatever external layout a tool left into that one data file, and
   return the data file names to record; a single-file graph is left byte for byte as it is (its sha256 and the
   bundles of small models do not change);
-- :func:`copy_graph`: copy a graph and its data file under a new name (a build's own names).
+- :func:`copy_graph`: copy a graph and its data file under a new name (a build's own names);
+- :class:`DataWriter`, :func:`read_external`: stream tensors one by one from a source data file into a new
+  one (page-aligned offsets), for conversions of graphs over 2 GB that never hold the whole model in memory.
 
 Torch-free; the runtime reads the locations without onnx (``edgeseg.runtime.integrity``).
 """
@@ -24,6 +26,7 @@ from typing import Any
 from edgeseg.runtime.integrity import external_data_locations
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest message protobuf serializes
+ALIGN = 4096  # bytes: tensor offsets in a data file written by DataWriter (page-aligned: mappable)
 
 
 def data_name(graph: str | Path) -> str:
@@ -55,6 +58,84 @@ def save_model(model: Any, dst: str | Path, external: bool = False) -> list[str]
     if not refs:
         data.unlink(missing_ok=True)
     return refs
+
+
+class DataWriter:
+    """Write the tensors of one graph into its one external-data file, tensor by tensor (nothing else in memory).
+
+    Each tensor starts at an offset aligned to :data:`ALIGN` bytes (the page size, so ONNX Runtime can map
+    the file instead of copying it; within ONNX's 64 KiB padding limit). Use as a context manager::
+
+        with DataWriter(dst.with_name(data_name(dst))) as w:
+            w.write(tensor, array_bytes)      # tensor: its TensorProto, now pointing at the data file
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.written = 0  # tensors written
+
+    def __enter__(self) -> "DataWriter":
+        self.path.unlink(missing_ok=True)
+        self._f = open(self.path, "wb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+        if exc[0] is not None:
+            self.path.unlink(missing_ok=True)
+
+    def write(self, tensor: Any, data: bytes | memoryview) -> None:
+        """Append ``data`` (the tensor's raw little-endian bytes) and point ``tensor`` at it (raw_data cleared)."""
+        from onnx import TensorProto
+
+        pos = self._f.tell()
+        pad = -pos % ALIGN
+        if pad:
+            self._f.write(b"\0" * pad)
+        offset = pos + pad
+        self._f.write(data)
+        tensor.ClearField("raw_data")
+        del tensor.external_data[:]
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = TensorProto.EXTERNAL
+        self.written += 1
+
+
+def external_info(tensor: Any) -> dict[str, str]:
+    """The external-data fields of a TensorProto ({"location", "offset", "length", ...}); {} when inline."""
+    from onnx import TensorProto
+
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return {}
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def read_external(tensor: Any, folder: str | Path) -> bytes:
+    """The raw bytes of an external-data tensor, read from its file in ``folder`` (one tensor, not the model)."""
+    import numpy as np
+    from onnx import helper
+
+    info = external_info(tensor)
+    loc = info.get("location", "")
+    if _outside(loc):
+        raise ValueError(f"tensor {tensor.name!r} refers to external data {loc!r} outside its folder; refusing "
+                         f"to read it")
+    offset = int(info.get("offset", 0))
+    if "length" in info:
+        length = int(info["length"])
+    else:
+        n = 1
+        for d in tensor.dims:
+            n *= d
+        length = n * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    path = Path(folder) / loc
+    data = np.fromfile(path, dtype=np.uint8, count=length, offset=offset)
+    if data.size != length:
+        raise ValueError(f"tensor {tensor.name!r}: {path} holds {data.size} of its {length} bytes at offset "
+                         f"{offset}; the external-data file is truncated: re-export the bundle")
+    return data.tobytes()
 
 
 def _remove_loose(folder: Path, names: list[str], keep: set[str]) -> None:

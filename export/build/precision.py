@@ -11,8 +11,11 @@ our graphs in ``remove_unnecessary_cast_node``):
 - LayerNormalization, Softmax, every reduction (ReduceMean/Sum/L2/Max/LogSumExp...), Pow and Sqrt stay FP32:
   variance, the exponent sums of softmax and L2 norms overflow or lose precision in FP16;
 - outputs a component lists in ``FP32_OUTPUTS`` (attention-probability maps) are computed by FP32 nodes;
-- initializers outside FP16's range are clipped by the converter; the converter's warnings are counted and
+- initializers outside FP16's range are clipped by the converter; the clipped initializers are counted and
   reported.
+Graphs with external data (over 2 GB: SD's UNet) are converted without loading their weights: the weightless
+graph goes through the converter, the weights are converted tensor by tensor into one ``<graph>.data`` file
+(:func:`_convert_streaming`); ``stream_threshold`` forces that path on smaller graphs (tests).
 The converter appends its input casts at the end of the node list; :func:`toposort` restores the order ONNX
 requires (ONNX Runtime segfaults on the unsorted graph).
 """
@@ -27,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8dyn")  # int8dyn: ONNX Runtime CPU dynamic INT8 (export/quantize.py)
+STREAM_THRESHOLD = 1 << 30  # bytes: single-file graphs this large are converted tensor by tensor, too
+INLINE_BYTES = 1024  # bytes: smaller tensors stay in the graph (shape constants); larger go to the data file
 
 
 @dataclass(frozen=True)
@@ -106,41 +111,150 @@ class ConversionReport:
     precision: str
     nodes: int
     nodes_fp32: int  # nodes left computing in FP32 (policy)
-    clipped_constants: int  # converter warnings about values outside FP16's range
+    clipped_constants: int  # converted initializers holding values outside FP16's range (clipped)
     notes: list[str] = field(default_factory=list)
 
 
 def convert_fp16(src: str | Path, dst: str | Path, policy: Fp16Policy = FP16_POLICY,
-                 fp32_outputs: tuple[str, ...] = (), external: bool = False) -> ConversionReport:
+                 fp32_outputs: tuple[str, ...] = (), external: bool = False,
+                 stream_threshold: int = STREAM_THRESHOLD) -> ConversionReport:
     """FP32 ONNX file -> FP16 ONNX file under ``policy`` (I/O dtypes unchanged). ``external``: save the result
-    with its weights in one ``<dst>.data`` file (as for a source with external data; forced above 2 GB)."""
+    with its weights in one ``<dst>.data`` file (as for a source with external data).
+
+    A source with external data, or whose file is ``stream_threshold`` bytes or more, is converted by
+    :func:`_convert_streaming` (the graph without its weights in memory, weights converted tensor by tensor);
+    its result always has external data. Smaller single-file graphs are converted in memory."""
+    from edgeseg.runtime.integrity import external_data_locations
+
+    src = Path(src)
+    refs = external_data_locations(src)
+    if refs is None:
+        raise ValueError(f"{src} is not a readable ONNX model; re-export the bundle")
+    if refs or src.stat().st_size >= stream_threshold:
+        return _convert_streaming(src, Path(dst), policy, fp32_outputs)
+    import numpy as np
     import onnx
-    from onnxruntime.transformers import float16
 
     from edgeseg.export.build.external import save_model, too_big
 
-    model = onnx.load(str(src))  # external data (if any) loaded from beside src
-    huge = too_big(model)  # shape inference and the in-memory checker need a model under protobuf's 2 GB
-    outputs = set(policy.fp32_outputs) | set(fp32_outputs)
-    node_block = [n.name for n in model.graph.node if outputs.intersection(n.output)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model16 = float16.convert_float_to_float16(
-            model, keep_io_types=policy.keep_io_types, op_block_list=list(policy.keep_fp32_ops),
-            node_block_list=node_block, disable_shape_infer=huge)
-    dropped = drop_duplicate_nodes(model16.graph)
-    toposort(model16.graph)
+    model = onnx.load(str(src))
+    clips = {t.name for t in _initializers(model.graph) if t.data_type == onnx.TensorProto.FLOAT and t.raw_data
+             and _clips(np.frombuffer(t.raw_data, dtype="<f4"))}
+    model16, node_block, dropped, _ = _convert_graph(model, policy, fp32_outputs)
+    clipped = sum(1 for t in _initializers(model16.graph)
+                  if t.name in clips and t.data_type == onnx.TensorProto.FLOAT16)
     if external or too_big(model16):
         save_model(model16, dst, external=True)
         onnx.checker.check_model(str(dst))  # by path: the checker reads the external data itself
     else:
         onnx.checker.check_model(model16)
         onnx.save(model16, str(dst))
+    return _report(model16, policy, node_block, dropped, clipped)
+
+
+def _convert_graph(model, policy: Fp16Policy, fp32_outputs: tuple[str, ...]) -> tuple:
+    """The float16 converter under ``policy`` on a ModelProto (shape inference in memory: the caller keeps the
+    proto under 2 GB), duplicate casts dropped, nodes sorted. Returns (model16, node_block, dropped, clipped).
+
+    The converter reads each converted initializer's shape through ``numpy_helper.to_array`` (the whole
+    tensor); for the weightless graph of :func:`_convert_streaming` it gets the shape from the tensor's dims
+    instead, which is the same shape without reading external data."""
+    from unittest import mock
+
+    from onnx import helper
+    from onnxruntime.transformers import float16
+
+    def value_info(tensor):  # float16.make_value_info_from_tensor without loading the data
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    outputs = set(policy.fp32_outputs) | set(fp32_outputs)
+    node_block = [n.name for n in model.graph.node if outputs.intersection(n.output)]
+    with warnings.catch_warnings(record=True) as caught, \
+            mock.patch.object(float16, "make_value_info_from_tensor", value_info):
+        warnings.simplefilter("always")
+        model16 = float16.convert_float_to_float16(
+            model, keep_io_types=policy.keep_io_types, op_block_list=list(policy.keep_fp32_ops),
+            node_block_list=node_block)
+    dropped = drop_duplicate_nodes(model16.graph)
+    toposort(model16.graph)
+    return model16, node_block, dropped, sum(1 for w in caught if "truncated" in str(w.message))
+
+
+def _report(model16, policy: Fp16Policy, node_block: list[str], dropped: int, clipped: int,
+            notes: tuple[str, ...] = ()) -> ConversionReport:
     blocked = set(policy.keep_fp32_ops)
     n_fp32 = sum(1 for n in model16.graph.node if n.op_type in blocked or n.name in node_block)
-    clipped = sum(1 for w in caught if "truncated" in str(w.message))
-    notes = [f"dropped {dropped} duplicate cast node(s) the converter emitted"] if dropped else []
-    return ConversionReport("fp16", len(model16.graph.node), n_fp32, clipped, notes)
+    out = [f"dropped {dropped} duplicate cast node(s) the converter emitted"] if dropped else []
+    return ConversionReport("fp16", len(model16.graph.node), n_fp32, clipped, out + list(notes))
+
+
+def _convert_streaming(src: Path, dst: Path, policy: Fp16Policy, fp32_outputs: tuple[str, ...]) -> ConversionReport:
+    """FP16 conversion that never holds the weights of the model at once (graphs over 2 GB: SD's UNet).
+
+    1. the graph is loaded without its external data; tensors under :data:`INLINE_BYTES` (shape constants)
+       are read in, so shape inference (which the converter runs, on this weightless proto) sees them;
+    2. the float16 converter marks the float initializers it converts FLOAT16 (their bytes stay in the source
+       file: the converter cannot see them), inserts the policy's casts and sorts the nodes;
+    3. the initializers are then written one by one to ``<dst>.data`` (page-aligned), each read from the
+       source data file and converted with the converter's own clipping (``convert_np_to_float16``) when
+       marked; inline tensors of :data:`INLINE_BYTES` or more are moved to the data file too.
+    Peak memory: the weightless graph plus the largest tensor."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    from edgeseg.export.build.external import DataWriter, data_name, external_info, read_external
+
+    model = onnx.load(str(src), load_external_data=False)
+    source_type: dict[str, int] = {}  # initializer -> its FP32 file's data type, for the tensors left external
+    for t in _initializers(model.graph):
+        if external_info(t):
+            if t.name in source_type:
+                raise ValueError(f"{src}: initializer name {t.name!r} occurs twice; re-export the graph")
+            if int(external_info(t).get("length", INLINE_BYTES)) < INLINE_BYTES:
+                t.raw_data = read_external(t, src.parent)
+                del t.external_data[:]
+                t.data_location = TensorProto.DEFAULT
+            else:
+                source_type[t.name] = t.data_type
+    model16, node_block, dropped, clipped = _convert_graph(model, policy, fp32_outputs)
+    data = dst.with_name(data_name(dst))
+    with DataWriter(data) as writer:
+        for t in _initializers(model16.graph):
+            if t.name in source_type:
+                raw = read_external(t, src.parent)
+                if source_type[t.name] == TensorProto.FLOAT and t.data_type == TensorProto.FLOAT16:
+                    x = np.frombuffer(raw, dtype="<f4")
+                    clipped += _clips(x)
+                    raw = convert_np_to_float16(x).astype("<f2").tobytes()
+                writer.write(t, raw)
+            elif t.HasField("raw_data") and len(t.raw_data) >= INLINE_BYTES:
+                writer.write(t, t.raw_data)
+    if not writer.written:
+        data.unlink(missing_ok=True)
+    onnx.save(model16, str(dst))  # the graph only: every large tensor lives in the data file
+    onnx.checker.check_model(str(dst))  # by path: external data checked by the checker, not loaded here
+    return _report(model16, policy, node_block, dropped, clipped,
+                   (f"converted tensor by tensor into {data.name} ({writer.written} tensors); the graph was "
+                    f"never held with its weights",))
+
+
+def _clips(x) -> bool:
+    """Whether the float32 array ``x`` holds finite values outside FP16's range (the converter clips them)."""
+    import numpy as np
+
+    a = np.abs(x)
+    return bool(((a > 65504.0) & np.isfinite(a)).any() or ((a != 0) & (a < 5.96e-08)).any())
+
+
+def _initializers(graph):
+    """Every initializer of ``graph`` and of its subgraphs (If/Loop bodies)."""
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _initializers(g)
 
 
 def graph_dtypes(path: str | Path) -> dict[str, int]:
@@ -148,7 +262,7 @@ def graph_dtypes(path: str | Path) -> dict[str, int]:
     import onnx
     from onnx import helper
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # dims and types only: no weights read
     counts: dict[str, int] = {}
     for t in model.graph.initializer:
         name = helper.tensor_dtype_to_np_dtype(t.data_type).name

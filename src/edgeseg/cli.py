@@ -188,7 +188,8 @@ def _refer(a: argparse.Namespace) -> None:
     options = {k: v for k, v in (("proposals", a.proposals), ("single_t", a.single_t), ("seed", a.seed)) if v is not None}
     if a.no_parser:
         options["parser"] = None
-    pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, preset=a.preset, **options)
+    pred = RefDiffPredictor(a.bundle, cache_dir=a.cache_dir, provider=a.provider, preset=a.preset,
+                            progress=not a.quiet, memory=a.memory, keep_sessions=False, **options)
     image = load_image(a.image, max_pixels=a.max_pixels)
     pred.set_image(image)
     results = pred.predict_many(a.expression)
@@ -478,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--provider", choices=PROVIDER_CHOICES, metavar=backends,
                    help="the backend to run on (default: the bundle's)")
     s.add_argument("--cache-dir", default="default", help="text cache folder ('default' or a path)")
+    s.add_argument("--memory", choices=["auto", "low", "speed"], default="auto",
+                   help="ONNX Runtime memory profile: low (no CPU arena, sessions hold only their weights "
+                        "between runs), speed (ONNX Runtime's defaults), auto (default: low for bundles of "
+                        ">= 1 GiB of weights, else speed; see README)")
+    s.add_argument("--quiet", action="store_true", help="no stage progress on stderr")
     s.set_defaults(fn=_refer)
 
     s = sub.add_parser("eval", help="ToyWorld mIoU (segmentation) or oIoU/mIoU (refdiff) through the runtime")

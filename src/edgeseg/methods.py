@@ -99,9 +99,10 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
         precision_suite=True),
     MethodSpec(
         "refdiff", "Ref-Diff: zero-shot referring segmentation (SD cross-attention + SAM + CLIP)", "referring",
-        ("sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "clip_text", "clip_masked"),
+        ("sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "sam_masks", "clip_text",
+         "clip_masked"),
         "edgeseg.export.refdiff_bundle:refdiff_components",
-        "a config name (toy, full-vit-b, full-vit-h) or a JSON file naming local weights "
+        "a config name (toy, full-vit-b, full-vit-h, released-vit-h) or a JSON file naming local weights "
         "(see edgeseg.export.refdiff_bundle)", "toy",
         predictor_path="edgeseg.runtime.refdiff:RefDiffPredictor",
         evaluate_path="edgeseg.export.evaluation.refdiff:eval_refdiff"),

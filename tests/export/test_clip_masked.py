@@ -1,5 +1,7 @@
-"""clip_masked: ONNX parity, soft-branch semantics (full mask == encode_image, masks respected, patch features
-untouched, proposals independent), crops == encode_image; a tiny "tok" CLIP and the bundled avg-pool clip_toy."""
+"""clip_masked: ONNX parity (the released native branch at several spatial sizes too), soft-branch semantics
+(full mask == encode_image, masks respected, patch features untouched, proposals independent), crops ==
+encode_image; a tiny "tok" CLIP and the bundled avg-pool clip_toy. The released branch against its reference:
+tests/export/test_clip_masked_native.py."""
 
 from __future__ import annotations
 
@@ -71,20 +73,23 @@ def _run(wrapper, *xs):
         return wrapper(*xs)
 
 
-@pytest.mark.parametrize("n", [1, 5])
-def test_onnx_parity(model, onnx_session, n):
+@pytest.mark.parametrize("n,hw", [(1, None), (5, None), (1, (40, 64)), (3, (64, 40)), (3, (45, 70)),
+                                  (1, (16, 16))])
+def test_onnx_parity(model, onnx_session, n, hw):
+    """All three outputs; the native image at the export size (None), non-square, non-multiple-of-stride and
+    minimum sizes: the spatial axes are dynamic in the graph, not frozen at the traced example."""
     _, _, wrapper, s = model
-    xs = cm.example_inputs(s, batch=n, seed=n)
+    xs = cm.example_inputs(s, batch=n, seed=n, native_hw=hw)
     want = _run(wrapper, *xs)
     got = onnx_session.run(None, {t.name: x.numpy() for t, x in zip(s.inputs, xs)})
-    assert [g.shape for g in got] == [(n, s.outputs[0].shape[1])] * 2
+    assert [g.shape for g in got] == [(n, s.outputs[0].shape[1])] * 3
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
 
 
 def test_full_mask_and_crops_equal_encode_image(model):
     _, clip, wrapper, s = model
-    image, masks, crops = cm.example_inputs(s, batch=3)
+    image, masks, crops = cm.example_inputs(s, batch=3)[:3]
     masks[1] = 1.0
     soft, crop = _run(wrapper, image, masks, crops)
     with torch.no_grad():
@@ -98,7 +103,7 @@ def test_full_mask_and_crops_equal_encode_image(model):
 
 def test_proposals_independent(model):
     _, _, wrapper, s = model
-    image, masks, crops = cm.example_inputs(s, batch=5, seed=3)
+    image, masks, crops = cm.example_inputs(s, batch=5, seed=3)[:3]
     soft5, crop5 = _run(wrapper, image, masks, crops)
     for i in (0, 3):
         soft1, crop1 = _run(wrapper, image, masks[i:i + 1], crops[i:i + 1])
@@ -114,7 +119,7 @@ def test_masked_reference(model):
     """Against a direct per-proposal reference: tok = a class token attending to itself + the mask's patches
     (boolean -inf mask built with loops) on top of the plain patch stream; avg = masked mean via indexing."""
     kind, clip, wrapper, s = model
-    image, masks, crops = cm.example_inputs(s, batch=4, seed=7)
+    image, masks, crops = cm.example_inputs(s, batch=4, seed=7)[:3]
     soft, _ = _run(wrapper, image, masks, crops)
     v = clip.visual
     m = masks.flatten(1) > 0.5
@@ -142,7 +147,7 @@ def test_patch_features_unchanged_by_copies(model):
     kind, _, wrapper, s = model
     if kind != "tok":
         pytest.skip("avg-pool readout runs the plain forward")
-    image, masks, _ = cm.example_inputs(s, batch=5)
+    image, masks = cm.example_inputs(s, batch=5)[:2]
     with torch.no_grad():
         x = wrapper.visual._embeds(image)
         plain = wrapper.visual.transformer(x)  # open_clip's own blocks
@@ -156,20 +161,34 @@ def test_patch_features_unchanged_by_copies(model):
 
 def test_empty_mask_no_nan(model):
     _, _, wrapper, s = model
-    image, masks, crops = cm.example_inputs(s, batch=2)
+    image, masks, crops, native, nm = cm.example_inputs(s, batch=2)
     masks[1] = 0.0
-    soft, crop = _run(wrapper, image, masks, crops)
-    assert torch.isfinite(soft).all() and torch.isfinite(crop).all()
+    nm[1] = 0.0
+    soft, crop, nat = _run(wrapper, image, masks, crops, native, nm)
+    assert torch.isfinite(soft).all() and torch.isfinite(crop).all() and torch.isfinite(nat).all()
 
 
 def test_spec_and_example_inputs():
     s = cm.spec((96, 96), (12, 12), 128)
     assert s.name == cm.NAME == "clip_masked"
     assert s.dynamic_axes() == {"image": {}, "patch_masks": {0: "proposals"}, "crops": {0: "proposals"},
-                                "masked_embeds": {0: "proposals"}, "crop_embeds": {0: "proposals"}}
+                                "native_image": {2: "height", 3: "width"},
+                                "native_masks": {0: "proposals", 1: "grid_h", 2: "grid_w"},
+                                "masked_embeds": {0: "proposals"}, "crop_embeds": {0: "proposals"},
+                                "native_embeds": {0: "proposals"}}
     assert s.inputs[1].max == (32, 12, 12) and s.inputs[1].opt == (8, 12, 12)
-    image, masks, crops = cm.example_inputs(s, "max")
+    native, nm = s.input("native_image"), s.input("native_masks")
+    assert (native.min, native.opt, native.max) == ((1, 3, 16, 16), (1, 3, 96, 96), (1, 3, 576, 576))
+    assert (nm.min, nm.opt, nm.max) == ((1, 2, 2), (8, 12, 12), (32, 72, 72))
+    b16 = cm.spec((224, 224), (14, 14), 512).input("native_image")
+    assert (b16.min, b16.max) == ((1, 3, 32, 32), (1, 3, 1344, 1344))
+    assert cm.spec((224, 224), (14, 14), 512, native_max_side=1000).input("native_image").max == (1, 3, 992, 992)
+    with pytest.raises(ValueError, match=r"native_max_side 100 must be >= the image size \(224, 224\)"):
+        cm.spec((224, 224), (14, 14), 512, native_max_side=100)
+    image, masks, crops, nat, nmasks = cm.example_inputs(s, "max")
     assert image.shape == (1, 3, 96, 96) and masks.shape == (32, 12, 12) and crops.shape == (32, 3, 96, 96)
+    assert nat.shape == (1, 3, 576, 576) and nmasks.shape == (32, 72, 72)
+    assert cm.example_inputs(s, "min", native_hw=(45, 70))[4].shape == (1, 5, 8)
     assert set(masks.unique().tolist()) <= {0.0, 1.0} and (masks.flatten(1).sum(1) >= 1).all()
     with pytest.raises(ValueError, match="max_proposals"):
         cm.spec((96, 96), (12, 12), 128, max_proposals=0)

@@ -69,7 +69,12 @@ def _ref_subject(nlp, text: str) -> str:
 
 def test_released_predictor_equals_the_released_formulas_on_the_toy_bundle(released, samples):
     """Chosen proposal equal in every trial and scores within 1e-4 of a recomputation: top 10 by area with area >
-    min_area, hard input (x*P)*M cut to the box, soft input the unbiased image, t and k unmixed, 0.7/0.3/0.05."""
+    min_area, hard input (x*P)*M cut to the box, soft input the unbiased image at its own size (the torch
+    reference of the released get_clipsoft), t and k unmixed, 0.7/0.3/0.05."""
+    from edgeseg.export.released_soft_reference import released_soft_embeddings
+    from edgeseg.train.clip import load_clip
+
+    toy_visual = load_clip("clip_toy")[0].eval().visual
     b, nlp = released.bundle, _load_pipeline(released.options["parser"])
     prep, grid = b.preprocessing, tuple(b.spec("clip_masked").input("patch_masks").shape[1:])
     from edgeseg.runtime.refdiff_scores import patch_masks
@@ -96,12 +101,15 @@ def test_released_predictor_equals_the_released_formulas_on_the_toy_bundle(relea
             ys, xs = np.nonzero(m)
             new = (pos * m[..., None])[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8)
             crops.append(preprocess(np.asarray(Image.fromarray(new)), prep))
+        lo = b.spec("clip_masked").input("native_image").min
         out = b.run("clip_masked", {"image": preprocess(img, prep), "patch_masks": patch_masks(kept, grid),
-                                    "crops": np.concatenate(crops)})
+                                    "crops": np.concatenate(crops), "native_image": np.zeros(lo, np.float32),
+                                    "native_masks": np.zeros((len(kept), lo[2] // 8, lo[3] // 8), np.float32)})
+        soft = released_soft_embeddings(toy_visual, img, kept, prep["mean"], prep["std"])  # native size
         t, k = released.scorer.text.embed([res.parsed.text, word])
         c = res.attention
         diff = np.array([(c * m).sum() / (m.sum() + 1e-6) - (c * ~m).sum() / ((~m).sum() + 1e-6) for m in kept])
-        total = 0.7 * (out["crop_embeds"] @ t) + 0.3 * (out["masked_embeds"] @ (0.5 * t + 0.5 * k)) + 0.05 * diff
+        total = 0.7 * (out["crop_embeds"] @ t) + 0.3 * (soft @ (0.5 * t + 0.5 * k)) + 0.05 * diff
         np.testing.assert_allclose(res.scores["total"], total, atol=1e-4)
         assert res.best == int(np.argmax(total)), text
 
