@@ -86,7 +86,7 @@ class TorchRefDiff:
         acc = 0
         for k, t in enumerate(steps):
             eps, attn = self.models["unet_attn"](torch.cat([x, x]), torch.full((2,), t, dtype=self._t_dtype()),
-                                                 torch.cat([uncond, states]))
+                                                 torch.cat([uncond, states]))[:2]  # (noise, attn[, attn_logits])
             acc = acc + attn[1, :, token]
             if k + 1 < len(steps):
                 e_u, e_c = eps.chunk(2)

@@ -133,14 +133,26 @@ class ProposalScorer:
     def native_inputs(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The released soft branch's feeds: ``image`` H x W x 3 uint8 -> 1 x 3 x H x W float32 (/255, the
         bundle's mean/std, no resize) and ``masks`` N x H x W bool -> N x (H // s) x (W // s) float32 nearest
-        samples. ValueError when H x W lies outside the manifest's native_image range."""
+        samples. An image outside the manifest's native_image range (a large photo) is first scaled, aspect
+        kept, by the one factor that brings it inside (BICUBIC; its masks nearest): the released code, written
+        for RefCOCO's ~640 x 480 images, has no such bound. ValueError when no single factor fits (an extreme
+        aspect ratio)."""
         t = self.bundle.spec("clip_masked").input("native_image")
         h, w = image.shape[:2]
         (lo_h, lo_w), (hi_h, hi_w) = t.min[2:], t.max[2:]
         if not (lo_h <= h <= hi_h and lo_w <= w <= hi_w):
-            raise ValueError(f"image {h}x{w} is outside clip_masked's native range {lo_h}x{lo_w} to {hi_h}x{hi_w} "
-                             f"(soft_branch='released_native' runs CLIP at the image's own size): resize the image "
-                             f"into it, or use soft_branch='resized'")
+            f = min(hi_h / h, hi_w / w) if (h > hi_h or w > hi_w) else max(lo_h / h, lo_w / w)
+            nh, nw = max(1, int(h * f + 1e-6)), max(1, int(w * f + 1e-6))  # the bound side lands on it exactly
+            if not (lo_h <= nh <= hi_h and lo_w <= nw <= hi_w):
+                raise ValueError(f"image {h}x{w} cannot be scaled into clip_masked's native range {lo_h}x{lo_w} to "
+                                 f"{hi_h}x{hi_w} (soft_branch='released_native' runs CLIP at the image's own size) "
+                                 f"with its aspect ratio kept: crop it, or use soft_branch='resized'")
+            from PIL import Image
+
+            image = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((nw, nh), Image.BICUBIC))
+            rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
+            cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
+            masks = np.asarray(masks)[:, rows][:, :, cols]
         prep = self.bundle.preprocessing
         x = (image[..., :3].astype(np.float32) / 255.0 - np.asarray(prep["mean"], np.float32)) \
             / np.asarray(prep["std"], np.float32)

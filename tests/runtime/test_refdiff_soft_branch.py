@@ -73,15 +73,28 @@ def test_paper_soft_branch_is_the_resized_one(refdiff_bundle):
     assert np.array_equal(native.crop, emb.crop) and np.abs(native.masked - emb.masked).max() > 1e-3
 
 
-def test_sizes_outside_the_native_range_are_refused(native, refdiff_bundle):
+def test_sizes_outside_the_native_range_are_scaled_in_or_refused(native, refdiff_bundle):
+    from PIL import Image
+
     spec = native.bundle.spec("clip_masked").input("native_image")
     assert (spec.min[2:], spec.max[2:]) == ((16, 16), (576, 576))
-    for h, w in ((10, 600), (15, 40), (577, 80)):
+    for h, w in ((10, 600), (600, 10)):  # no single factor fits both sides
         with pytest.raises(ValueError) as err:
             native.embed(np.zeros((h, w, 3), np.uint8), np.ones((1, h, w), bool))
-        assert str(err.value) == (f"image {h}x{w} is outside clip_masked's native range 16x16 to 576x576 "
-                                  f"(soft_branch='released_native' runs CLIP at the image's own size): resize the "
-                                  f"image into it, or use soft_branch='resized'")
+        assert str(err.value) == (f"image {h}x{w} cannot be scaled into clip_masked's native range 16x16 to "
+                                  f"576x576 (soft_branch='released_native' runs CLIP at the image's own size) with "
+                                  f"its aspect ratio kept: crop it, or use soft_branch='resized'")
+    rng = np.random.default_rng(0)
+    for (h, w), (nh, nw) in (((1500, 2000), (432, 576)), ((577, 80), (576, 79)), ((15, 40), (16, 42))):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        masks = np.zeros((2, h, w), bool)
+        masks[0, : h // 2], masks[1, :, w // 3:] = True, True
+        got = native.embed(image, masks).masked
+        small = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+        rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+        cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+        want = native.embed(small, masks[:, rows][:, :, cols]).masked
+        np.testing.assert_allclose(got, want, atol=1e-6)
     ok = native.embed(np.zeros((16, 576, 3), np.uint8), np.ones((1, 16, 576), bool)).masked
     assert ok.shape == (1, 128)
 

@@ -37,8 +37,12 @@ def test_every_config_parses_and_components_match_their_graphs(repo, bundles):
     import onnxruntime as ort
 
     configs = sorted(repo.glob("*/config.pbtxt"))
-    assert len(configs) == 4 + 3 + 3 + 3 + 7
-    ttype = {"tensor(float)": 1 + 10, "tensor(int64)": 1 + 8}  # ModelConfig.DataType: TYPE_FP32 = 11, TYPE_INT64 = 9
+    # one model per component of the four toy bundles, plus one pipeline (BLS) model per bundle
+    from edgeseg.runtime import Bundle
+
+    assert len(configs) == sum(len(Bundle(b).components) + 1 for b in bundles.values())
+    # ModelConfig.DataType: TYPE_FP16 = 10, TYPE_FP32 = 11, TYPE_INT64 = 9 (sam_masks returns float16 masks)
+    ttype = {"tensor(float16)": 10, "tensor(float)": 11, "tensor(int64)": 9}
     for path in configs:
         cfg = parse(path)
         assert cfg.name == path.parent.name
