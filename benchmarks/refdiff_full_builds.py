@@ -15,31 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-RSS = """import resource, sys
-sys.argv = sys.argv[1:]
-try:
-    from edgeseg.cli import main
-    main()
-    code = 0
-except SystemExit as e:
-    code = e.code
-print("@@peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-sys.exit(code)
-"""
+from edgeseg.export.bench.memory import run_cli_peak
 
 
 def run(args: list[str]) -> dict:
     """``edgeseg ARGS`` in a fresh interpreter: {"command", "rc", "seconds", "peak_rss_mb", "tail"}."""
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", RSS, "edgeseg", *args], capture_output=True, text=True)
-    peak = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("@@peak_rss_mb")]
-    return {"command": "edgeseg " + " ".join(args), "rc": proc.returncode, "seconds": round(time.perf_counter() - t, 1),
-            "peak_rss_mb": float(peak[0]) if peak else None, "tail": (proc.stderr or proc.stdout)[-600:]}
+    r = run_cli_peak(args)
+    return {"command": "edgeseg " + " ".join(args), "rc": r.rc, "seconds": round(r.seconds, 1),
+            "peak_rss_mb": r.peak_rss_mb, "tail": (r.stderr or r.stdout)[-600:]}
 
 
 def main() -> None:

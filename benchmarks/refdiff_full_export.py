@@ -2,7 +2,7 @@
 exported to ONNX, loaded in ONNX Runtime (CPU) and compared with PyTorch on one example input.
 
     python benchmarks/refdiff_full_export.py [--config full-vit-h] [--only unet_attn sam_encoder]
-        [--out benchmarks/results/refdiff-full-export.json]
+        [--export-only unet_attn] [--out benchmarks/results/refdiff-full-export.json]
 
 Each component runs in its own process, so its peak resident memory (export, then the ORT check) is its own.
 Too slow for CI (SD 1.5 UNet: ~3.4 GB of weights); run it by hand on a quiet machine.
@@ -34,6 +34,9 @@ comps, info = build(checkpoint, image_size=int(sys.argv[5]) or None) if side == 
 if name == "unet_attn":  # as the bundle assembler: attn_logits at latent/4 too (the released preset)
     from edgeseg.export.unet_attn import with_logits
     comps[name], _ = with_logits(*comps[name], info["attention"])
+if name == "clip_hard":  # as the bundle assembler: on clip_masked's tower
+    from edgeseg.export.clip_hard import refdiff_hard_component
+    comps[name], _ = refdiff_hard_component(comps["clip_masked"][0].visual, info["preprocessing"])
 wrapper, cspec = comps[name]
 for other in [k for k in comps if k != name]:
     del comps[other]
@@ -45,6 +48,13 @@ export_component(wrapper, cspec, path)
 t2 = time.perf_counter()
 export_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 size = sum(f.stat().st_size for f in Path(folder).iterdir()) / 2**20
+if sys.argv[6] == "1":  # export only (--export-only): no PyTorch / ONNX Runtime comparison
+    print(json.dumps({"component": name, "model": checkpoint, "parameters_M": round(params / 1e6, 1),
+                      "build_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1), "onnx_MB": round(size, 1),
+                      "peak_rss_export_GB": round(export_rss / 1024, 2),
+                      "input_shapes": {t.name: list(t.opt) for t in cspec.inputs},
+                      "ort_check": "skipped (--export-only)"}))
+    sys.exit(0)
 inputs = example_inputs(name, cspec, "opt", batch=1, seed=1)
 with torch.no_grad():
     t3 = time.perf_counter(); ref = wrapper(*inputs); t4 = time.perf_counter()
@@ -65,7 +75,7 @@ print(json.dumps({"component": name, "model": checkpoint, "parameters_M": round(
 
 SIDES = {"sd_text": "sd", "vae_encoder": "sd", "unet_attn": "sd", "sam_encoder": "sam", "sam_decoder": "sam",
          "sam_masks": "sam",
-         "clip_text": "clip", "clip_masked": "clip"}
+         "clip_text": "clip", "clip_masked": "clip", "clip_hard": "clip"}
 
 
 def main() -> None:
@@ -75,6 +85,9 @@ def main() -> None:
     ap.add_argument("--config", default="full-vit-h")
     ap.add_argument("--only", nargs="*", default=list(SIDES))
     ap.add_argument("--out", default="benchmarks/results/refdiff-full-export.json")
+    ap.add_argument("--export-only", nargs="*", default=[], metavar="COMPONENT",
+                    help="export these without the PyTorch / ONNX Runtime comparison (e.g. unet_attn at 1024 px: "
+                         "ONNX Runtime CPU would hold two 8 x 16384 x 16384 float32 self-attention tensors, 17 GB)")
     a = ap.parse_args()
     cfg = resolve_config(a.config)
     models = {"sd": cfg["ldm"], "sam": cfg["sam"], "clip": cfg["clip"]}
@@ -83,7 +96,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", WORKER, SIDES[name], models[SIDES[name]], name, tmp,
-                                  str(cfg["sd_image_size"] or 0)],
+                                  str(cfg["sd_image_size"] or 0), "1" if name in a.export_only else "0"],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 rows.append({"component": name, "error": out.stderr.strip().splitlines()[-1][:300]})

@@ -7,9 +7,10 @@ memory patterns, the default).
 
 Every measurement runs in a fresh interpreter (peak RSS = ``ru_maxrss`` of that process): one per component
 (session load + one run on the shapes the pipeline feeds it at ``--size``: batch 2 for the text encoder and
-UNet, the automatic-mask point batch for the SAM decoder, top_k proposals for CLIP), then ``edgeseg refer`` on
-``skimage.data.astronaut()`` resized to ``--size``. The goal (issue 15): whole-refer peak <= 1.5 x the bundle's
-weight bytes. Out of CI (a full-size bundle is 4.9 GB); run it by hand on a quiet machine.
+UNet, the automatic-mask point batch for the SAM decoder, top_k proposals for clip_masked, one crop for
+clip_hard), then ``edgeseg refer`` on ``skimage.data.astronaut()`` resized to ``--size``. The goal (issue 15):
+whole-refer peak <= 1.5 x the bundle's weight bytes. Out of CI (a full-size bundle is 4.9 GB); run it by hand
+on a quiet machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgeseg.export.bench.memory import run_cli_peak
+
 WORKER = r"""
 import json, resource, sys, time
 import numpy as np
@@ -33,7 +36,8 @@ def rss_mb():
 base = rss_mb()
 b = Bundle(path, memory=profile, check_hashes=False)
 spec = b.spec(name)
-batch = {"sd_text": 2, "unet_attn": 2, "clip_text": 1, "sam_decoder": prompts, "clip_masked": proposals}.get(name, 1)
+batch = {"sd_text": 2, "unet_attn": 2, "clip_text": 1, "sam_decoder": prompts, "clip_masked": proposals,
+         "clip_hard": 1}.get(name, 1)  # clip_hard: one call per crop size (crops rarely share one)
 rng = np.random.default_rng(0)
 feeds = {}
 for t in spec.inputs:
@@ -53,19 +57,6 @@ print("@@" + json.dumps({"component": name, "profile": profile, "weights_MB": ro
       "load_s": round(t1 - t0, 1), "run_s": round(t2 - t1, 1)}))
 """
 
-REFER = """import resource, sys
-sys.argv = sys.argv[1:]
-try:
-    from edgeseg.cli import main
-    main()
-    code = 0
-except SystemExit as e:
-    code = e.code
-print("@@peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-sys.exit(code)
-"""
-
-
 def _last(marker: str, text: str) -> str | None:
     lines = [line[len(marker):] for line in text.splitlines() if line.startswith(marker)]
     return lines[-1] if lines else None
@@ -83,18 +74,15 @@ def component_row(bundle: Path, name: str, profile: str, prompts: int, proposals
 
 def refer_row(bundle: Path, image: Path, profile: str, preset: str, expression: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["edgeseg", "refer", str(image), expression, "--bundle", str(bundle), "--out", f"{tmp}/refer.png",
+        args = ["refer", str(image), expression, "--bundle", str(bundle), "--out", f"{tmp}/refer.png",
                 "--memory", profile, "--preset", preset, "--cache-dir", f"{tmp}/cache"]
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", REFER, *args], capture_output=True, text=True)
-        wall = time.perf_counter() - t
-    peak = _last("@@peak_rss_mb ", proc.stdout)
-    result = next((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), None)
-    progress = [line for line in proc.stderr.splitlines() if line.startswith("[refdiff]")]
-    return {"profile": profile, "command": " ".join(args), "rc": proc.returncode, "wall_s": round(wall, 1),
-            "peak_rss_MB": round(float(peak)) if peak else None,
+        run = run_cli_peak(args)
+    result = next((json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")), None)
+    progress = [line for line in run.stderr.splitlines() if line.startswith("[refdiff]")]
+    return {"profile": profile, "command": " ".join(["edgeseg", *args]), "rc": run.rc, "wall_s": round(run.seconds, 1),
+            "peak_rss_MB": round(run.peak_rss_mb) if run.peak_rss_mb is not None else None,
             "timings_ms": result["timings_ms"] if result else None, "progress": progress,
-            **({"tail": proc.stderr[-600:]} if proc.returncode else {})}
+            **({"tail": run.stderr[-600:]} if run.rc else {})}
 
 
 def main() -> None:

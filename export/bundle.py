@@ -31,7 +31,7 @@ from edgeseg.export import clip_image, clip_text, lseg_encoder, lseg_head
 from edgeseg.export import ifseg_encoder, ifseg_head
 from edgeseg.export import tcl_encoder, tcl_head
 from edgeseg.export import clip_masked, sam_decoder, sam_encoder, sd_text, unet_attn, vae_encoder
-from edgeseg.export import sam_masks
+from edgeseg.export import clip_hard, sam_masks
 from edgeseg.export.build.external import finalize
 from edgeseg.export.spec import ComponentSpec
 from edgeseg.export.tokenizer import build_clip_tokenizer_json
@@ -54,6 +54,7 @@ COMPONENTS = {  # every exportable component: name -> module holding its wrapper
     sam_decoder.NAME: sam_decoder,
     sam_masks.NAME: sam_masks,
     clip_masked.NAME: clip_masked,
+    clip_hard.NAME: clip_hard,
 }
 
 

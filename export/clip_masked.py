@@ -59,22 +59,27 @@ MASK_VALUE = -1.0e4  # additive attention logit for "not attended" (finite: no i
 class ClipMaskedWrapper(nn.Module):
     """Export-only wrapper around an open_clip ``VisionTransformer`` (``clip.visual``); no data-dependent
     control flow. ``forward(image 1x3xHxW, patch_masks Nxghxgw, crops Nx3xHxW) -> (masked_embeds NxD,
-    crop_embeds NxD)``."""
+    crop_embeds NxD)``. Subclassed by :class:`edgeseg.export.clip_hard.ClipHardWrapper` (its errors name
+    ``COMPONENT`` and ``POSITION_USER``)."""
+
+    COMPONENT = NAME  # the component named in the constructor's errors
+    POSITION_USER = "released soft branch"  # what needs the square position grid
 
     def __init__(self, visual: nn.Module):
         super().__init__()
         if getattr(visual, "attn_pool", None) is not None:
-            raise ValueError("clip_masked does not support attentional-pool CLIP towers (CoCa); "
+            raise ValueError(f"{self.COMPONENT} does not support attentional-pool CLIP towers (CoCa); "
                              "use a ViT CLIP with pool_type 'tok' or 'avg'")
         pool = getattr(visual, "pool_type", None)
         if pool not in ("tok", "avg"):
-            raise ValueError(f"clip_masked needs a CLIP vision tower with pool_type 'tok' or 'avg', got {pool!r}")
+            raise ValueError(f"{self.COMPONENT} needs a CLIP vision tower with pool_type 'tok' or 'avg', "
+                             f"got {pool!r}")
         for blk in visual.transformer.resblocks:  # the soft branches write every block out by hand
             attn = getattr(blk, "attn", None)
             plain = isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim
             if not plain or hasattr(blk, "ln_attn"):
-                raise ValueError(f"clip_masked needs open_clip ResidualAttentionBlocks with nn.MultiheadAttention, "
-                                 f"got {type(blk).__name__}")
+                raise ValueError(f"{self.COMPONENT} needs open_clip ResidualAttentionBlocks with "
+                                 f"nn.MultiheadAttention, got {type(blk).__name__}")
         self.visual = visual
         self.pool_type = pool
         self.final_ln_after_pool = bool(getattr(visual, "final_ln_after_pool", False))
@@ -83,7 +88,7 @@ class ClipMaskedWrapper(nn.Module):
         self.num_patches = int(gh * gw)
         side = math.isqrt(int(visual.positional_embedding.shape[0]) - 1)
         if side * side != visual.positional_embedding.shape[0] - 1:
-            raise ValueError(f"clip_masked's released soft branch needs a square position-embedding grid, got "
+            raise ValueError(f"{self.COMPONENT}'s {self.POSITION_USER} needs a square position-embedding grid, got "
                              f"{visual.positional_embedding.shape[0] - 1} patch positions")
         self.pos_side = side  # S: the checkpoint's S x S position grid
         self.stride = tuple(int(v) for v in visual.conv1.stride)

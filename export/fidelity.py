@@ -11,6 +11,8 @@ Bars (``AGREEMENT_BARS``, ORT CPU): FP16 >= 0.98, INT8 >= 0.95.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,11 @@ OIOU_CHANGE_BARS = {"fp32": 0.001, "fp16": 0.01, "int8": 0.03, "int8dyn": 0.03} 
 AGREEMENT_BARS = {"fp32": 0.999, "fp16": 0.98, "int8": 0.95, "int8dyn": 0.95}
 COSINE_BARS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int8dyn": 0.99}  # per component output, vs FP32 PyTorch
 POLYGRAPHY_TOL = {"fp32": (1e-4, 1e-4), "fp16": (2e-3, 2e-2), "int8": (5e-2, 2e-1), "int8dyn": (5e-2, 2e-1)}  # (atol, rtol) on medians
+
+
+def _as_json(value: object) -> object:
+    """``value`` as a manifest read back from JSON holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) -> Path:
@@ -42,8 +49,8 @@ def ensure_built(bundle_dir: str | Path, precision: str, progress: bool = True) 
     if precision != "fp32" and (out / MANIFEST).is_file():
         built = Bundle(out)
         same_source = built.manifest.get("build", {}).get("source_manifest_sha256") == sha256_file(b.path / MANIFEST)
-        same_recipe = all(c.get("recipe") == precision_recipe(precision, b.component(n))
-                          for n, c in built.components.items())
+        same_recipe = all(c.get("recipe") == _as_json(precision_recipe(precision, b.component(n)))
+                          for n, c in built.components.items())  # as the manifest holds it: lists, not tuples
         cal = built.manifest["build"].get("calibration")
         same_calibration = precision != "int8" or is_default_calibration(cal)
         if same_source and same_recipe and same_calibration:

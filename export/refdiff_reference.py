@@ -12,7 +12,9 @@ positive prompt``, the latent noised at the ascending DDIM schedule's entry ``in
 101 for 20 x 0.1, ``stochastic_encode``) and denoised through the entries below it (51, 1); per UNet call and
 per layer at latent/4, the head-mean pre-softmax logits (the wrapper's ``attn_logits``) combined as
 ``(cond - uncond) * 9 + uncond``, the token's column min-max normalized; the mean over calls as an RGB uint8
-heatmap, LANCZOS to the square, cropped back, min-max + 1e-8.
+heatmap, LANCZOS to the square, cropped back, min-max + 1e-8. With ``vae_geometry="released_resize"``
+(``diffusion_pad: False``, on an ``sd_dynamic`` config such as ``toy-dynamic``): no pad, BICUBIC to the
+64-multiple (the config's multiple) size, the non-square map still stretched to the square and cropped.
 """
 
 from __future__ import annotations
@@ -98,7 +100,11 @@ class TorchRefDiff:
 
     @torch.no_grad()
     def released_attention(self, image: np.ndarray, expression: str, token: int) -> np.ndarray:
-        """c: H x W float32 in [0, 1] as the released ``get_diffattn`` (``diffusion_pad``) computes it."""
+        """c: H x W float32 in [0, 1] as the released ``get_diffattn`` computes it: ``diffusion_pad`` True (the
+        default), or with ``vae_geometry="released_resize"`` (``diffusion_pad: False``, an ``sd_dynamic``
+        config) the image scaled by size / max(w, h), each side ``// multiple * multiple`` (64 as released, the
+        config's ``sd_dynamic.multiple``), BICUBIC, attention at ``resize // (size / logits grid)`` (``// 32``)
+        and the map still LANCZOS-resized to the max(w, h) square and cropped as if padded."""
         from diffusers import DDIMScheduler
         from PIL import Image
 
@@ -106,9 +112,20 @@ class TorchRefDiff:
         h, w = image.shape[:2]
         side = max(h, w)
         size = int(cfg["vae_preprocessing"]["image_size"][0])
-        canvas = Image.new("RGB", (side, side), (0, 0, 0))
-        canvas.paste(Image.fromarray(np.ascontiguousarray(image[..., :3])), ((side - w) // 2, (side - h) // 2))
-        sd = np.asarray(canvas.resize((size, size), Image.LANCZOS)).astype(np.float32) / 255.0
+        pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+        gh, gw = self.models["unet_attn"].logits_grid
+        if cfg["vae_geometry"] == "released_resize":
+            multiple = int(cfg["sd_dynamic"]["multiple"])
+            scale_ratio = size / side
+            resize_w = int(w * scale_ratio // multiple * multiple)
+            resize_h = int(h * scale_ratio // multiple * multiple)
+            sd = np.asarray(pil.resize((resize_w, resize_h), Image.BICUBIC)).astype(np.float32) / 255.0
+            per_cell = size // gw  # 32 for SD 1.5 (attn_w = resize_w // 32), 16 for the toy
+            gh, gw = resize_h // per_cell, resize_w // per_cell
+        else:
+            canvas = Image.new("RGB", (side, side), (0, 0, 0))
+            canvas.paste(pil, ((side - w) // 2, (side - h) // 2))
+            sd = np.asarray(canvas.resize((size, size), Image.LANCZOS)).astype(np.float32) / 255.0
         latent = self.models["vae_encoder"](2.0 * torch.from_numpy(sd.transpose(2, 0, 1)[None].copy()) - 1.0)
         cond = self.models["sd_text"](self._tokens([expression + ", " + cfg["positive_prompt"]]))
         uncond = self.models["sd_text"](self._tokens([""]))
@@ -119,7 +136,6 @@ class TorchRefDiff:
         noise = torch.from_numpy(np.random.default_rng(int(cfg["seed"])).standard_normal(latent.shape)
                                  .astype(np.float32))
         x = sched.add_noise(latent, noise, torch.tensor([asc[t_enc]]))  # stochastic_encode at index t_enc
-        gh, gw = self.models["unet_attn"].logits_grid
         heatmaps = []
         steps = asc[:t_enc][::-1]
         for k, t in enumerate(steps):
@@ -187,23 +203,24 @@ class TorchRefDiff:
                         phrase: str) -> dict[str, np.ndarray]:
         """The released ``CRIS.forward`` on given (already filtered) proposals N x H x W bool: ``apply_position``
         ("left" in the expression, else "right": a float64 ramp over 2/3 of the width), ``get_cliphard`` (the
-        biased image times the mask, cut to its box, uint8; then resized (PIL bilinear) to the bundle's CLIP
-        input H x W, as the runtime does, where the released ``T.Resize(224)`` keeps the aspect ratio),
-        the soft branch (:func:`edgeseg.export.released_soft_reference.released_soft_embeddings`: the unbiased
-        image at its own size), ``calc_diffattn`` on :meth:`released_attention` (+ 1e-6 denominators), ``calc_hard``
+        biased image times the mask, cut to its box, uint8; ``T.Resize`` of the shortest side to the CLIP image
+        size, aspect kept, then the plain CLIP forward with interpolated position embeddings:
+        :func:`edgeseg.export.released_soft_reference.released_hard_embeddings`; with ``hard_resize="clip_input"``
+        the crop is squashed to the CLIP input H x W instead), the soft branch
+        (:func:`edgeseg.export.released_soft_reference.released_soft_embeddings`: the unbiased image at its own
+        size), ``calc_diffattn`` on :meth:`released_attention` (+ 1e-6 denominators), ``calc_hard``
         / ``calc_soft`` with t = the expression's and k = ``phrase``'s unit CLIP text embeddings, ``s = 0.7 hard +
         0.3 soft + 0.05 diff`` (the config's weights), argmax. -> {"attention", "generative", "discriminative"
         (0.7 hard + 0.3 soft), "total", "best"}."""
         from PIL import Image
         from torchvision import transforms as T
 
-        from edgeseg.export.released_soft_reference import released_soft_embeddings
+        from edgeseg.export.released_soft_reference import released_hard_embeddings, released_soft_embeddings
 
         cfg = self.cfg
-        # get_cliphard's T.Resize(224) (shortest side, PIL bilinear) + ToTensor + Normalize, but to the bundle's
-        # CLIP input (H, W) as the runtime's hard branch does today (its crop encoder has one fixed input size)
-        to_clip = T.Compose([T.Resize(tuple(self.clip_prep["image_size"])), T.ToTensor(),
-                             T.Normalize(self.clip_prep["mean"], self.clip_prep["std"])])
+        mean, std = self.clip_prep["mean"], self.clip_prep["std"]
+        # hard_resize="clip_input": squashed to the CLIP input (H, W) instead of get_cliphard's T.Resize(224)
+        squash = T.Compose([T.Resize(tuple(self.clip_prep["image_size"])), T.ToTensor(), T.Normalize(mean, std)])
         attn = torch.from_numpy(self.released_attention(image, expression, token)).double()
         masks = torch.from_numpy(np.asarray(proposals, bool))
         diff = torch.stack([(attn * m).sum() / (m.sum() + 1e-6) - (attn * ~m).sum() / ((~m).sum() + 1e-6)
@@ -218,12 +235,17 @@ class TorchRefDiff:
         crops = []
         for m in np.asarray(proposals, bool):
             rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            cut = (pos * m[..., None] * 1.0 + pos * 0)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8)
-            crops.append(to_clip(Image.fromarray(cut))[None])
+            crops.append((pos * m[..., None] * 1.0 + pos * 0)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+                         .astype(np.uint8))
         clip = self.models["clip_masked"]
-        hard = F.normalize(clip.plain_embeds(torch.cat(crops)), dim=-1).double()
+        if cfg["hard_resize"] == "shortest_side":  # get_cliphard: T.Resize(CLIP size), aspect kept
+            hard = torch.from_numpy(released_hard_embeddings(clip.visual, crops, mean, std,
+                                                             size=min(self.clip_prep["image_size"]))).double()
+        else:
+            batch = torch.cat([squash(Image.fromarray(c))[None] for c in crops])
+            hard = F.normalize(clip.plain_embeds(batch), dim=-1).double()
         soft = torch.from_numpy(released_soft_embeddings(clip.visual, image, np.asarray(proposals, bool),
-                                                         self.clip_prep["mean"], self.clip_prep["std"])).double()
+                                                         mean, std)).double()
         t, k = F.normalize(self.models["clip_text"](self._clip_tokens([expression, phrase])), dim=-1).double()
         s_hard = hard @ (cfg["hard_text_weight"] * t + cfg["hard_core_weight"] * k)
         s_soft = soft @ (cfg["soft_text_weight"] * t + cfg["soft_core_weight"] * k)

@@ -1,9 +1,12 @@
-"""Torch reference of the released Ref-Diff soft branch (kodenii/Ref-Diff ``model/segmenter.py`` ``get_clipsoft``
-and its modified CLIP, ``openai_clip/model.py`` ``get_mask_token`` / ``multi_class_forward`` /
-``interpolate_pos_encoding``), written from that code for parity tests; independent of the export wrapper
-(:mod:`edgeseg.export.clip_masked`), which computes the same thing without an (N + HW)^2 mask.
+"""Torch reference of the released Ref-Diff soft and hard branches (kodenii/Ref-Diff ``model/segmenter.py``
+``get_clipsoft`` / ``get_cliphard`` and its modified CLIP, ``openai_clip/model.py`` ``get_mask_token`` /
+``multi_class_forward`` / ``interpolate_pos_encoding``), written from that code for parity tests; independent of
+the export wrappers
+(:mod:`edgeseg.export.clip_masked`, :mod:`edgeseg.export.clip_hard`), which compute the same things (the soft
+branch without an (N + HW)^2 mask).
 
     emb = released_soft_embeddings(clip.visual, image, masks, mean, std)   # N x D float32, unit norm
+    hard = released_hard_embeddings(clip.visual, crops, mean, std, size=224)  # N x D float32, unit norm
 
 What the released code does, step by step (and this function with it):
 
@@ -30,6 +33,14 @@ Avg-pool towers (``pool_type == "avg"``, e.g. ToyWorld's ``clip_toy``) have no c
 released-mode analogue runs steps 1-5 unchanged and reads proposal i as the tower's own pooling restricted to
 the patches of mask i (``ln_post`` per token then the mean, or the mean then ``ln_post`` when
 ``final_ln_after_pool``), ``@ proj``, L2-normalized; an empty downsampled mask gives a zero vector.
+
+The released hard branch (``get_cliphard``), :func:`released_hard_embeddings`: each proposal's crop (the biased
+image times the mask, cut to its box, uint8) ``T.Resize(224)`` (shortest side to 224, the other side
+``int(224 * long / short)``, PIL bilinear; the tower's own size for other CLIPs) + ``ToTensor`` + ``Normalize``,
+then ``get_mask_token(crop, num_tokens=1)[:, 0:1]``: steps 3-4 with N = 1 (the one copy replaces the class token,
+so the sequence is the plain ``[cls, patches]``), every block without a mask, ``ln_post`` + ``@ proj`` on token 0,
+L2-normalized. Avg-pool towers: the tower's own pooling of that plain sequence (``ln_post`` per token then the
+mean of the patch tokens, or the mean then ``ln_post``), ``@ proj``.
 
 Deviations from the released run: float32 throughout (the released CLIP runs in float16 on CUDA); open_clip
 towers (``visual``) instead of OpenAI's ``clip.load`` module (same architecture and weights layout).
@@ -139,3 +150,45 @@ def released_soft_embeddings(visual: nn.Module, image: np.ndarray, masks: np.nda
             rows.append(pooled @ proj if proj is not None else pooled)
         out = torch.stack(rows)
     return F.normalize(out, dim=-1).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def released_hard_embeddings(visual: nn.Module, crops: list[np.ndarray], mean: tuple[float, float, float] | list[float],
+                             std: tuple[float, float, float] | list[float], size: int | None = None) -> np.ndarray:
+    """The released hard-branch embeddings of N crops.
+
+    visual: an open_clip ``VisionTransformer`` (pool_type "tok" or "avg"), in eval mode. crops: N arrays h x w x 3
+    uint8 (sizes may differ). size: ``T.Resize(size)`` first (torchvision, shortest side, PIL bilinear), as
+    ``get_cliphard`` with 224; None feeds the crops at their size. Returns N x D float32, unit norm. One plain
+    forward per crop with :func:`released_position_embedding` (see the module docstring)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    pool = getattr(visual, "pool_type", None)
+    if pool not in ("tok", "avg") or getattr(visual, "attn_pool", None) is not None:
+        raise ValueError(f"released_hard_embeddings needs a ViT tower with pool_type 'tok' or 'avg', got {pool!r}")
+    if not len(crops):
+        raise ValueError("released_hard_embeddings needs at least one crop")
+    steps = ([T.Resize(int(size))] if size is not None else []) + [T.ToTensor(), T.Normalize(mean, std)]
+    transform = T.Compose(steps)
+    rows = []
+    for i, crop in enumerate(crops):
+        crop = np.asarray(crop)
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+            raise ValueError(f"crop {i} must be h x w x 3 uint8 RGB, got {crop.shape} {crop.dtype}")
+        x = transform(Image.fromarray(np.ascontiguousarray(crop)))[None]  # 1 x 3 x H x W
+        h, w = x.shape[-2:]
+        t = visual.conv1(x)
+        t = t.reshape(1, t.shape[1], -1).permute(0, 2, 1)  # 1 x HW x C
+        t = torch.cat([visual.class_embedding.view(1, 1, -1) + torch.zeros(1, 1, t.shape[-1]), t], dim=1)
+        t = t + released_position_embedding(visual, int(h), int(w))
+        t = torch.cat([t[:, :1], t[:, 1:]], dim=1)  # prepare_multi_class_tokens(num_classes=1, remove_cls=True)
+        t = visual.transformer(visual.ln_pre(t))
+        if pool == "tok":
+            out = visual.ln_post(t)[0, 0]
+        elif visual.final_ln_after_pool:
+            out = visual.ln_post(t[0, 1:].mean(0))
+        else:
+            out = visual.ln_post(t[0, 1:]).mean(0)
+        rows.append(out @ visual.proj if visual.proj is not None else out)
+    return F.normalize(torch.stack(rows), dim=-1).numpy().astype(np.float32)

@@ -11,6 +11,10 @@ QK^T/sqrt(d) (no mask), averaged over heads, of each of the L cross-attention la
 runtime runs uncond + cond together (B = 2N). Both maps stay FP32 in FP16 builds (``fp32_outputs``) and their
 attention nodes FP32 in INT8 builds (``int8_exclude``).
 
+Dynamic-size bundles (``sd_dynamic`` configs, :func:`with_dynamic_size`): ``sample`` / ``noise_pred`` take any
+latent H x W in the profile (multiples of the UNet's downscale) and ``attn_logits`` has (H/4)*(W/4) queries of
+that latent; ``attn`` stays on its fixed grid (the paper preset reads it only at the opt size).
+
 SD 1.5's UNet (~3.4 GB of weights) is over protobuf's 2 GB: ``export_component`` writes it as ``unet_attn.onnx``
 plus one external-data file ``unet_attn.onnx.data`` (``edgeseg.export.build.external``), listed with its sha256
 in the manifest's ``external_data`` and checked by the runtime on load; the toy UNet stays one file.
@@ -89,6 +93,40 @@ def with_logits(wrapper: nn.Module, component_spec: ComponentSpec, attention: di
     info = dict(attention, logits={"grid": list(new.logits_grid), "resolution": new.logits_resolution,
                                    "downscale": int(downscale), "layers": list(new.logits_layer_names)})
     return (new, s), info
+
+
+def with_dynamic_size(wrapper: nn.Module, component_spec: ComponentSpec, min_latent: int
+                      ) -> tuple[nn.Module, ComponentSpec]:
+    """The opt-in dynamic-size ``unet_attn`` (``sd_dynamic`` configs) of a :func:`with_logits` component: the
+    wrapper rebuilt with ``dynamic=True`` on the same UNet and its spec with ``sample`` B x C x height x width
+    (latent cells, each in [``min_latent``, the opt = max latent]), ``noise_pred`` alike and ``attn_logits``
+    B x L x Q x 77 with Q = (height / 4) * (width / 4). ``attn`` stays on its fixed grid (each layer bilinearly
+    resized to it from the traced size). Q is declared ``height/4*width/4`` (an output axis derived from the input
+    axes: :func:`edgeseg.runtime.manifest.derived_axis`)."""
+    from edgeseg.train.attn_capture import AttentionCapture
+
+    if not wrapper.logits_layer_names:
+        raise ValueError("unet_attn.with_dynamic_size needs the attn_logits wrapper of with_logits")
+    new = AttentionCapture(wrapper.unet, wrapper.latent_hw, wrapper.resolutions, grid=wrapper.grid,
+                           context_len=wrapper.context_len, logits_resolution=wrapper.logits_resolution,
+                           grids=dict(wrapper.grids), dynamic=True)
+    old = {t.name: t for t in component_spec.inputs + component_spec.outputs}
+    sample = old["sample"]
+    n_max, c, h, w = sample.max
+    if not 1 <= min_latent <= min(h, w):
+        raise ValueError(f"unet_attn.with_dynamic_size: min_latent {min_latent} must lie in [1, {min(h, w)}]")
+    hw = ("batch", c, "height", "width")
+    r = h // int(wrapper.logits_resolution)  # latent / logits grid (LOGITS_DOWNSCALE)
+    inputs = (TensorSpec("sample", "float32", hw, (1, c, min_latent, min_latent), (sample.opt[0], c, h, w),
+                         (n_max, c, h, w)), old["timestep"], old["encoder_hidden_states"])
+    logits = old["attn_logits"]
+    outputs = (TensorSpec("noise_pred", "float32", hw), old["attn"],
+               TensorSpec("attn_logits", "float32", ("batch", logits.shape[1], f"height/{r}*width/{r}",
+                                                     logits.shape[3])))
+    s = ComponentSpec(NAME, inputs=inputs, outputs=outputs, opset=component_spec.opset,
+                      description=component_spec.description + "; dynamic latent H x W",
+                      fp32_outputs=component_spec.fp32_outputs, int8_exclude=component_spec.int8_exclude)
+    return new, s
 
 
 def example_inputs(spec: ComponentSpec, which: str = "opt", batch: int | None = None,

@@ -18,6 +18,8 @@ preprocessing, tokenizer facts, the ``method_config`` sections of :mod:`.manifes
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,14 @@ def _file_name(v: Any, where: str) -> str:
         return check_name(v, where)
     except ValueError as e:
         raise ManifestError(str(e)) from None
+
+
+def derived_axis(name: str, axes: set[str]) -> bool:
+    """Whether an output's dynamic axis ``name`` follows the input axes ``axes``: one of them, or a product /
+    quotient of them and positive integers with ``*`` and ``/`` (e.g. ``height/8``, ``height/4*width/4``), at
+    least one an input axis."""
+    parts = re.split(r"[*/]", name)
+    return (any(p in axes for p in parts) and all(p in axes or (p.isdigit() and int(p) > 0) for p in parts))
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,7 @@ class ComponentSpec:
         axes = {x for t in inputs for x in t.shape if isinstance(x, str)}
         for i, t in enumerate(outputs):  # an output's dynamic axes follow the inputs' (batch, labels, prompts...)
             for j, x in enumerate(t.shape):
-                if isinstance(x, str) and x not in axes:
+                if isinstance(x, str) and not derived_axis(x, axes):
                     raise ManifestError(f"{where}.outputs[{i}].shape[{j}] = {x!r}: not a dynamic axis of the inputs "
                                         f"{sorted(axes)}; a fixed dim must be a positive integer")
         return cls(name, inputs, outputs, opset, str(d.get("description", "")), tuple(hints.get("fp32_outputs", ())),

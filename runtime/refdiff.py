@@ -10,7 +10,8 @@ Stages (each built from the bundle, numpy in / out):
 - :class:`~.refdiff_localize.AttentionLocalizer` (sd_text, vae_encoder, unet_attn, DDIM): the image latent, and
   for each expression the target token's guided-DDIM cross-attention map ``c`` (H x W float32 in [0, 1]);
 - :class:`~.refdiff_proposals.ProposalGenerator` (sam_encoder, sam_decoder): SAM automatic masks, cached per image;
-- :class:`~.refdiff_scorer.ProposalScorer` (clip_text, clip_masked): s = alpha s^G + (1 - alpha) s^D per proposal.
+- :class:`~.refdiff_scorer.ProposalScorer` (clip_text, clip_masked; clip_hard under hard_resize="shortest_side"):
+  s = alpha s^G + (1 - alpha) s^D per proposal (the released preset: 0.7 hard + 0.3 soft + 0.05 s^G).
 The predictor parses the expressions, picks the proposals (SAM masks and/or the weight-free thresholds 5%..95% of
 ``c``), keeps one :class:`ImageState` per image and reports warnings and timings.
 """
@@ -93,8 +94,10 @@ class RefDiffPredictor:
     manifest's ``method_config``: alpha, beta, guidance, steps, strength, single_t, proposals ("sam",
     "thresholds", "both"), hard_branch ("mask", "crop"), position_bias (the branch whose input is x * P:
     "hard" as the released code, "soft" as the paper's formula, "both"), soft_branch ("resized", or
-    "released_native": CLIP at the image's own size, refused outside clip_masked's native range), parser (any
-    spaCy pipeline name, or None for the parser-free rule), seed (the DDIM noise).
+    "released_native": CLIP at the image's own size, refused outside clip_masked's native range), hard_resize
+    ("clip_input": crops squashed to CLIP's input; "shortest_side": shortest side to CLIP's size, aspect kept,
+    in clip_hard, as released), parser (any spaCy pipeline name, or None for the parser-free rule), seed (the
+    DDIM noise).
 
     ``localizer=``, ``generator=``, ``scorer=``: stages already built from the same bundle, used as they are
     (their options become the predictor's; an override that contradicts one is refused).

@@ -18,6 +18,14 @@ over every layer call of every step (:func:`~.refdiff_released.attention_from_lo
 padded square, the crop back and min-max (:func:`~.refdiff_released.attention_to_image`). The released code
 hard-codes 9 in the attention combination and uses its config's scale (9) for the noise; here both are
 ``guidance``.
+
+``vae_geometry="released_resize"`` (the released ``diffusion_pad: False``; with ``attention_map="released_lanczos"``
+only, on a bundle exported with ``sd_dynamic``: ``toy-dynamic``, ``released-vit-h-nopad``): the image is scaled
+by S / max(H, W) (S the VAE opt size, ``method_config.sd_dynamic.image_opt``), each side floored to the bundle's
+``sd_dynamic.multiple`` (64 px for SD 1.5 as released, 16 for the toy), BICUBIC, no padding; the logits grid is
+that size / (S / g) (the released ``resize // 32``); the map is LANCZOS-stretched to the max(H, W) square and
+cropped as if padded (the released stretch-then-crop quirk, :func:`~.refdiff_released.attention_to_image_stretched`).
+A side floored below the multiple (an aspect ratio over S / multiple) is refused in one line, never rescaled.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ from .cache import TextEmbeddingCache
 from .ddim import DDIMSchedule
 from .images import preprocess, resize_maps
 from .refdiff_options import check_options
-from .refdiff_released import (attention_from_logits, attention_to_image, diffusion_pad_input,
-                               released_denoise_timesteps, released_noise_timestep, released_token_index)
+from .refdiff_released import (attention_from_logits, attention_to_image, attention_to_image_stretched,
+                               diffusion_pad_input, diffusion_resize_input, released_denoise_timesteps,
+                               released_noise_timestep, released_token_index, resize_target)
 from .refdiff_scores import normalize_map
 from .refer_text import ParsedExpression, target_token_index
 from .text import default_cache_dir, output_dim, text_cache_context
@@ -101,9 +110,13 @@ class AttentionLocalizer:
         if o["single_t"] is not None and not o["single_t"] < self.schedule.num_train_timesteps:
             raise ValueError(f"Ref-Diff option single_t={o['single_t']}: must be below the scheduler's "
                              f"{self.schedule.num_train_timesteps} training timesteps")
-        if o["attention_map"] == "released_lanczos" and o["vae_geometry"] != "diffusion_pad":
+        if o["attention_map"] == "released_lanczos" and o["vae_geometry"] not in ("diffusion_pad", "released_resize"):
             raise ValueError("Ref-Diff option attention_map='released_lanczos' crops the padded square back: it "
-                             "needs vae_geometry='diffusion_pad'")
+                             "needs vae_geometry='diffusion_pad' (or 'released_resize' on an sd_dynamic bundle)")
+        if o["vae_geometry"] == "released_resize" and o["attention_map"] != "released_lanczos":
+            raise ValueError(f"Ref-Diff option vae_geometry='released_resize' is the released geometry of the "
+                             f"released map: it needs attention_map='released_lanczos', got {o['attention_map']!r}")
+        self.dynamic: dict | None = self._dynamic() if o["vae_geometry"] == "released_resize" else None
         self.grid: tuple[int, int] = tuple(self.config["attention"]["grid"])  # type: ignore[assignment]
         self.logits_grid: tuple[int, int] | None = None  # the attn_logits query grid (released attention map)
         if o["attention_map"] == "released_lanczos":
@@ -125,17 +138,48 @@ class AttentionLocalizer:
                               f"attention_map='released_lanczos' (preset 'released') needs: re-export it with "
                               f"`edgeseg export refdiff CONFIG --out DIR` (e.g. CONFIG toy), or use preset='paper'")
         gh, gw = (int(v) for v in logits["grid"])
-        width = int(self.bundle.spec("unet_attn").output("attn_logits").shape[2])
-        if gh * gw != width:
+        width = self.bundle.spec("unet_attn").output("attn_logits").shape[2]  # a dynamic axis in sd_dynamic bundles
+        if not isinstance(width, str) and gh * gw != int(width):
             raise BundleError(f"bundle {self.bundle.path}: attention.logits.grid {[gh, gw]} does not match "
                               f"attn_logits' {width} queries: the manifest was edited; re-export the bundle")
         return gh, gw
 
+    def _dynamic(self) -> dict:
+        """``method_config.sd_dynamic`` of a bundle whose ``vae_encoder`` / ``unet_attn`` take dynamic H x W; a
+        fixed-size bundle -> BundleError naming the fix."""
+        image = self.bundle.spec("vae_encoder").input("image")
+        sample = self.bundle.spec("unet_attn").input("sample")
+        dyn = self.config.get("sd_dynamic")
+        if not (isinstance(dyn, dict) and all(isinstance(d, str) for d in (*image.shape[2:], *sample.shape[2:]))):
+            raise BundleError(f"bundle {self.bundle.path}: vae_encoder / unet_attn take fixed "
+                              f"{image.shape[2]}x{image.shape[3]} inputs, which vae_geometry='released_resize' "
+                              f"cannot feed: re-export with a dynamic config (`edgeseg export refdiff toy-dynamic "
+                              f"--out DIR`, or released-vit-h-nopad), or use vae_geometry='diffusion_pad'")
+        return dyn
+
     # ------------------------------------------------------------------ image
+    def resize_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(H', W') of ``vae_geometry="released_resize"`` for an H x W image, checked against the bundle's dynamic
+        profile (one-line ValueError when a side falls outside it: never rescaled)."""
+        assert self.dynamic is not None  # set in __init__ for this geometry
+        size, m = int(self.dynamic["image_opt"][0]), int(self.dynamic["multiple"])
+        rh, rw = resize_target(hw, size, m)
+        lo, hi = self.dynamic["image_min"], self.dynamic["image_max"]
+        if not (lo[0] <= rh <= hi[0] and lo[1] <= rw <= hi[1]):
+            raise ValueError(f"vae_geometry='released_resize': image {hw[0]}x{hw[1]} scales to {rh}x{rw} px, "
+                             f"outside the bundle's VAE profile {lo[0]}x{lo[1]}..{hi[0]}x{hi[1]} (aspect ratio over "
+                             f"{size // m}:1); use vae_geometry='diffusion_pad'")
+        return rh, rw
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> 1 x 3 x H' x W' float32 in [-1, 1] (the manifest's ``vae_preprocessing``);
-        ``vae_geometry="diffusion_pad"``: first centred on a black square and LANCZOS-resized to the VAE size."""
+        ``vae_geometry="diffusion_pad"``: first centred on a black square and LANCZOS-resized to the VAE size;
+        ``"released_resize"``: BICUBIC to :meth:`resize_size` (no padding, H' x W' not square)."""
         prep = self.config["vae_preprocessing"]
+        if self.dynamic is not None:  # vae_geometry="released_resize"
+            self.resize_size(image.shape[:2])  # the profile check first: its one-line error names the fix
+            resized = diffusion_resize_input(image, int(self.dynamic["image_opt"][0]), int(self.dynamic["multiple"]))
+            return preprocess(resized, dict(prep, image_size=list(resized.shape[:2])))
         if self.options["vae_geometry"] == "diffusion_pad":
             h, w = (int(v) for v in prep["image_size"])
             if h != w:
@@ -257,8 +301,11 @@ class AttentionLocalizer:
                     x = self.schedule.step(uncond + o["guidance"] * (cond_eps - uncond), t, x)
             if released:
                 assert self.logits_grid is not None  # set in __init__ for this attention map
-                maps += [attention_to_image(attention_from_logits(calls[i], int(tok), self.logits_grid,
-                                                                  float(o["guidance"])), size)
+                grid, to_image = self.logits_grid, attention_to_image
+                if self.dynamic is not None:  # released_resize: the grid of this latent, the stretch-then-crop
+                    down = int(self.config["attention"]["logits"]["downscale"])
+                    grid, to_image = (latent.shape[2] // down, latent.shape[3] // down), attention_to_image_stretched
+                maps += [to_image(attention_from_logits(calls[i], int(tok), grid, float(o["guidance"])), size)
                          for i, tok in enumerate(tokens[s:s + n])]
                 continue
             for a in acc / len(steps):

@@ -5,9 +5,11 @@
 - :func:`released_noise_timestep` / :func:`released_denoise_timesteps`: the **t_enc index quirk** of ldm's
   ``stochastic_encode``: the latent is noised at the DDIM schedule's entry ``t_enc = int(strength * steps)``
   (timestep 101 for 20 x 0.1), one entry past the first timestep that is then denoised (51, then 1).
-- :func:`diffusion_pad_input` / :func:`diffusion_resize_input`: the VAE input geometry (``diffusion_pad``).
+- :func:`diffusion_pad_input` / :func:`diffusion_resize_input`: the VAE input geometry (``diffusion_pad``
+  True / False; :func:`resize_target` the non-padded size).
 - :func:`attention_from_logits`: the attention map from pre-softmax cross-attention logits of layer calls.
-- :func:`attention_to_image`: uint8 quantization, LANCZOS to the padded square, crop back, min-max.
+- :func:`attention_to_image`: uint8 quantization, LANCZOS to the padded square, crop back, min-max;
+  :func:`attention_to_image_stretched`: the same from the non-padded grid (the stretch-then-crop quirk).
 - :func:`filter_proposals`, :func:`select_best`: top-k by area, minimum area, the argmax over kept proposals.
 - :func:`hard_crop`, :func:`resize_shortest`: the hard branch's input.
 - :func:`released_native_masks`: the soft branch's masks, nearest-downsampled to the CLIP patch grid.
@@ -69,14 +71,21 @@ def diffusion_pad_input(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(canvas).resize((size, size), Image.LANCZOS))
 
 
-def diffusion_resize_input(image: np.ndarray, size: int) -> np.ndarray:
-    """The non-padded variant (``diffusion_pad: False``): scaled by size / max(H, W), each side floored to a
-    multiple of 64, BICUBIC -> H' x W' x 3 uint8."""
-    h, w = image.shape[:2]
+def resize_target(hw: tuple[int, int], size: int, multiple: int = 64) -> tuple[int, int]:
+    """(H', W') of the non-padded variant: ``int(side * (size / max(H, W)) // multiple * multiple)`` per side,
+    as the released ``get_diffattn`` (``multiple`` 64 there; a bundle's ``sd_dynamic.multiple``)."""
+    h, w = int(hw[0]), int(hw[1])
     ratio = size / max(h, w)
-    rw, rh = int(w * ratio // 64 * 64), int(h * ratio // 64 * 64)
-    if rw < 64 or rh < 64:
-        raise ValueError(f"image {h}x{w} scaled to {size} leaves a side under 64 px; use diffusion_pad")
+    return int(h * ratio // multiple * multiple), int(w * ratio // multiple * multiple)
+
+
+def diffusion_resize_input(image: np.ndarray, size: int, multiple: int = 64) -> np.ndarray:
+    """The non-padded variant (``diffusion_pad: False``): scaled by size / max(H, W), each side floored to a
+    multiple of ``multiple`` (64 as released), BICUBIC -> H' x W' x 3 uint8 (:func:`resize_target`)."""
+    h, w = image.shape[:2]
+    rh, rw = resize_target((h, w), size, multiple)
+    if rw < multiple or rh < multiple:
+        raise ValueError(f"image {h}x{w} scaled to {size} leaves a side under {multiple} px; use diffusion_pad")
     return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((rw, rh), Image.BICUBIC))
 
 
@@ -117,6 +126,16 @@ def attention_to_image(small: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     big = np.asarray(Image.fromarray(q, mode="L").resize((side, side), Image.LANCZOS), np.float64) / 255
     big = big[y0:y0 + h, x0:x0 + w]
     return _minmax(big, 1e-8).astype(np.float32)
+
+
+def attention_to_image_stretched(small: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The non-padded variant (``vae_geometry="released_resize"``), with the released code's **stretch-then-crop
+    quirk**: the gh x gw map of the *unpadded* resized image (not square) -> ``uint8(255 x map)``, LANCZOS to the
+    max(H, W) **square** anyway (stretching the short side), then the centred window cut out as if it were
+    padded (rows ``(W - H) // 2 : + H`` of a wide image, columns of a tall one), min-max (+1e-8) -> H x W float32.
+    So a wide image's map is its middle band stretched back, not the map of the whole image. The arithmetic is
+    :func:`attention_to_image`'s (the released code runs the same lines for both geometries)."""
+    return attention_to_image(small, hw)
 
 
 # ---------------------------------------------------------------------------------------------------- proposals

@@ -1,5 +1,6 @@
-"""Ref-Diff's proposal scorer as a stage of its own: CLIP embeddings of proposals (``clip_masked``), the
-expression's text embedding (``clip_text``) and the scores of :mod:`edgeseg.runtime.refdiff_scores`.
+"""Ref-Diff's proposal scorer as a stage of its own: CLIP embeddings of proposals (``clip_masked``, and
+``clip_hard`` for ``hard_resize="shortest_side"``), the expression's text embedding (``clip_text``) and the scores
+of :mod:`edgeseg.runtime.refdiff_scores`.
 
     scorer = ProposalScorer(bundle)                       # alpha, beta, hard_branch, position_bias options
     p = parse_expression("the red circle on the left")
@@ -22,6 +23,19 @@ image outside ``clip_masked``'s ``native_image`` range (manifest min/max, e.g. 3
 ``clip_masked`` call: under "resized" the native inputs get their cheapest valid feed (min-size zeros); under
 "released_native" the resized branch still gets its real input (one CLIP pass at 224 px, output not read), so an
 INT8 calibration recorded from the pipeline sees real data on both.
+
+Hard-branch resize (``hard_resize``): ``"clip_input"`` (the paper preset) squashes each hard-branch crop to CLIP's
+input H x W (``clip_masked``'s ``crops``); ``"shortest_side"`` (the released preset, ``get_cliphard``'s
+``T.Resize(224)``) resizes its shortest side to the bundle's CLIP image size (``method_config.clip_hard.short_side``:
+224 for ViT-B/16, 96 for the toy CLIP), the other side ``int(size * long / short)``, PIL bilinear
+(:func:`~.refdiff_released.resize_shortest`), and embeds it with ``clip_hard`` (position embeddings interpolated
+for its grid), one call per group of crops of one size. The released code runs CLIP at any size; ``clip_hard``'s
+profile stops at ``max`` per side (6 x the CLIP size: 1344 px for ViT-B/16, 576 for the toy), so a crop whose
+long side would pass it (an aspect ratio over 6:1) is scaled, aspect kept, so that the long side fits the max
+(:func:`shortest_side_crop`); a crop thinner still than ``max / min`` (42:1 for ViT-B/16) then gets its short side
+raised to ``min`` (2 patches). ``clip_masked``'s ``crops`` still get the squashed crops (its graph computes them
+whatever is read; the INT8 calibration then sees real data there too). A bundle without ``clip_hard`` is refused
+for ``"shortest_side"`` with a one-line ValueError.
 """
 
 from __future__ import annotations
@@ -37,19 +51,38 @@ from .images import preprocess
 from .refdiff_localize import open_bundle, stage_options
 from .refdiff_scores import discriminative_scores, generative_scores, masked_crops, patch_masks
 from .refdiff_released import (RELEASED_WEIGHTS, biased_image, hard_crop, released_generative_scores,
-                               released_native_masks, released_position_bias, released_total_scores)
+                               released_native_masks, released_position_bias, released_total_scores,
+                               resize_shortest)
 from .refer_text import ParsedExpression, position_bias
 from .text import TextEncoder
 
 # The scorer's options (the manifest's method_config overrides them, keyword arguments override both).
 SCORER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "beta": 0.3, "hard_branch": "mask", "position_bias": "hard",
                                    "position_rule": "words", "score_rule": "paper", "soft_branch": "resized",
-                                   **RELEASED_WEIGHTS}
+                                   "hard_resize": "clip_input", **RELEASED_WEIGHTS}
 # Where P multiplies the image: the released code's hard branch (default, as its DDIM settings), the paper's
 # formula v = beta f_M(x*P) + (1 - beta) f(x*M) (soft), or both.
 BIAS_BRANCHES = ("hard", "soft", "both")
 # The soft branch's input: the image resized to CLIP's size (paper), or at its native size as released.
 SOFT_BRANCHES = ("resized", "released_native")
+# The hard branch's crops: squashed to CLIP's input (paper), or shortest side to CLIP's size, aspect kept (released).
+HARD_RESIZES = ("clip_input", "shortest_side")
+HARD = "clip_hard"  # the component of hard_resize="shortest_side"
+
+
+def shortest_side_crop(crop: np.ndarray, short: int, lo: tuple[int, int], hi: tuple[int, int]) -> np.ndarray:
+    """h x w x 3 uint8 -> H' x W' x 3 uint8 for ``clip_hard``: :func:`resize_shortest` to ``short`` (torchvision's
+    ``Resize(short)``) when that fits ``hi`` (H, W); else scaled by ``min(hi / (h, w))`` (aspect kept, sides
+    truncated, PIL bilinear), each side then raised to at least ``lo`` (only crops thinner than hi / lo)."""
+    out = resize_shortest(crop, short)
+    if out.shape[0] <= hi[0] and out.shape[1] <= hi[1]:
+        return out
+    from PIL import Image
+
+    h, w = crop.shape[:2]
+    f = min(hi[0] / h, hi[1] / w)
+    nh, nw = max(int(h * f + 1e-6), lo[0]), max(int(w * f + 1e-6), lo[1])
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR))
 
 
 @dataclass
@@ -90,8 +123,10 @@ class ProposalScores:
 class ProposalScorer:
     """``ProposalScorer(bundle, cache_dir="default", provider=None, **options)``: scores of proposals for a parsed
     expression. Options: alpha, beta, hard_branch ("mask", "crop", "masked_box"), position_bias
-    (:data:`BIAS_BRANCHES`), soft_branch (:data:`SOFT_BRANCHES`), position_rule, score_rule and the released weights;
-    defaults :data:`SCORER_DEFAULTS`, overridden by the bundle's ``method_config``, then by keyword arguments.
+    (:data:`BIAS_BRANCHES`), soft_branch (:data:`SOFT_BRANCHES`), hard_resize (:data:`HARD_RESIZES`),
+    position_rule, score_rule and the released weights; defaults :data:`SCORER_DEFAULTS`, overridden by the
+    bundle's ``method_config``, then by keyword arguments. :attr:`COMPONENTS` of an instance adds ``clip_hard``
+    when hard_resize="shortest_side" (the only case that runs it).
 
     Text embeddings go through the persistent text cache (``cache_dir``: a folder, "default" or None); proposal
     embeddings are memoized in a dict the caller keeps per image (``memo`` / ``key`` of :meth:`embed`)."""
@@ -113,6 +148,15 @@ class ProposalScorer:
         if self._native and not self.config.get("clip_masked", {}).get("native_stride"):
             raise ValueError(f"bundle {self.bundle.path}: clip_masked has native inputs but method_config lacks "
                              f"clip_masked.native_stride; re-export the bundle")
+        if self.options["hard_resize"] == "shortest_side":
+            if HARD not in self.bundle.components:
+                raise ValueError(f"bundle {self.bundle.path} has no clip_hard component (exported before "
+                                 f"hard_resize='shortest_side' existed): re-export it (edgeseg export refdiff ...), "
+                                 f"or pass hard_resize='clip_input'")
+            if not self.config.get(HARD, {}).get("short_side"):
+                raise ValueError(f"bundle {self.bundle.path}: it has clip_hard but method_config lacks "
+                                 f"clip_hard.short_side; re-export the bundle")
+            self.COMPONENTS = (*type(self).COMPONENTS, HARD)
         self.text = TextEncoder(self.bundle, cache_dir)
 
     # ------------------------------------------------------------------ text
@@ -165,6 +209,29 @@ class ProposalScorer:
         lo = self.bundle.spec("clip_masked").input("native_image").min
         return np.zeros(lo, np.float32), np.zeros((n, *t.min[1:]), np.float32)
 
+    def hard_embeddings(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``hard_resize="shortest_side"``: N hard-branch crops (h x w x 3 uint8) -> N x D float32 unit norm from
+        ``clip_hard``, each at :func:`shortest_side_crop` size (/255, the bundle's mean/std), one call per group of
+        equal sizes (at most the profile's max crops each)."""
+        t = self.bundle.spec(HARD).input("crops")
+        lo, hi, most = tuple(t.min[2:]), tuple(t.max[2:]), int(t.max[0])
+        short, prep = int(self.config[HARD]["short_side"]), self.bundle.preprocessing
+        mean, std = np.asarray(prep["mean"], np.float32), np.asarray(prep["std"], np.float32)
+        feeds, groups = [], {}
+        for i, c in enumerate(crops):
+            x = (shortest_side_crop(c, short, lo, hi)[..., :3].astype(np.float32) / 255.0 - mean) / std
+            x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])  # 1 x 3 x H x W
+            feeds.append(x)
+            groups.setdefault(x.shape[2:], []).append(i)
+        out: list[np.ndarray | None] = [None] * len(feeds)
+        for idx in groups.values():
+            for s in range(0, len(idx), most):
+                part = idx[s:s + most]
+                emb = self.bundle.run(HARD, {"crops": np.concatenate([feeds[j] for j in part])})["hard_embeds"]
+                for j, e in zip(part, emb):
+                    out[j] = e
+        return np.stack(out).astype(np.float32)
+
     def embed(self, image: np.ndarray, masks: np.ndarray, directions: Sequence[str] = (),
               memo: dict | None = None, key: Hashable | None = None) -> ProposalEmbeddings:
         """CLIP embeddings of N proposals ``masks`` (N x H x W bool) of ``image`` (H x W x 3 uint8), the
@@ -203,7 +270,8 @@ class ProposalScorer:
             out = self.bundle.run("clip_masked", feeds)
             soft.append(out["native_embeds" if nat is not None else "masked_embeds"])
             hard.append(out["crop_embeds"])
-        res = ProposalEmbeddings(np.concatenate(soft), np.concatenate(hard))
+        crop = self.hard_embeddings(crops) if self.options["hard_resize"] == "shortest_side" else np.concatenate(hard)
+        res = ProposalEmbeddings(np.concatenate(soft), crop)
         if memo is not None and key is not None:
             memo[key] = res
         return res

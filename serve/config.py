@@ -6,8 +6,10 @@ model-config schema where ``tritonclient`` is installed (:func:`validate`).
     validate(text)          # tritonclient.grpc.model_config_pb2.ModelConfig, or a ConfigError naming the field
 
 Component models: a spec whose inputs and outputs all start with one named dynamic axis (``batch``) becomes a
-batching model (``max_batch_size`` = the smallest ``max`` of that axis over the inputs, dims without it);
-any other (the heads' ``labels`` axis, SAM's prompts, ``clip_masked``) has ``max_batch_size: 0`` and full dims.
+batching model (``max_batch_size`` = the smallest ``max`` of that axis over the inputs, dims without it; e.g.
+``clip_hard``: ``crops`` x 3 x height x width in, ``crops`` x D out -> ``max_batch_size: 4``, dims ``[3, -1, -1]``,
+requests of one crop size batched together); any other (the heads' ``labels`` axis, SAM's prompts,
+``clip_masked``) has ``max_batch_size: 0`` and full dims.
 """
 
 from __future__ import annotations

@@ -13,12 +13,15 @@ arithmetic (export-notes traps 5, 6, 7).
 
 :func:`reference_attention` and :func:`reference_logits` compute the same tensors with diffusers' own
 ``AttnProcessor`` / ``Attention.get_attention_scores`` (the logits written from the released ``CrossAttention``:
-``einsum(q, k) * scale`` on the ``(b h) n d`` layout), for parity tests.
+``einsum(q, k) * scale`` on the ``(b h) n d`` layout), for parity tests; both read the scores through the context
+manager :func:`captured_scores`, which restores the UNet's processors on leaving, an exception included.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -112,6 +115,21 @@ def layer_grids(unet: nn.Module, latent_hw: tuple[int, int], context_dim: int, c
     return grids
 
 
+def _combine_dynamic(maps: list[tuple[torch.Tensor, int]], latent_hw: tuple[Any, Any], grid: tuple[int, int]
+                     ) -> torch.Tensor:
+    """:func:`_combine` for latents of any multiple of the UNet's downscale (dynamic-size bundles): each B x N x T
+    map's grid is ``(H // r, W // r)`` of the latent's (traced) ``latent_hw`` and the layer's static ratio ``r``,
+    and every layer is bilinearly resized to the fixed ``grid`` (an identity where the sizes agree)."""
+    acc = None
+    for probs, r in maps:
+        b, t = probs.shape[0], probs.shape[-1]
+        m = probs.transpose(1, 2).reshape(b, t, latent_hw[0] // r, latent_hw[1] // r)
+        m = F.interpolate(m, size=(int(grid[0]), int(grid[1])), mode="bilinear", align_corners=False)
+        m = m.reshape(b, t, grid[0] * grid[1]).transpose(1, 2)
+        acc = m if acc is None else acc + m
+    return acc / len(maps)
+
+
 def _combine(maps: list[tuple[torch.Tensor, tuple[int, int]]], grid: tuple[int, int]) -> torch.Tensor:
     """Mean over layers of B x (h*w) x T maps, each resized (bilinear, static sizes) to ``grid``."""
     acc = None
@@ -132,12 +150,17 @@ class AttentionCapture(nn.Module):
 
     ``logits_resolution``: a query-grid height (e.g. latent h / 4, the released Ref-Diff's image/32); then a third
     output ``attn_logits`` B x L x (g_h*g_w) x T float32, the head-mean pre-softmax logits of each of the L
-    cross-attention layers at that grid, in forward order (:attr:`logits_layer_names`). None: two outputs."""
+    cross-attention layers at that grid, in forward order (:attr:`logits_layer_names`). None: two outputs.
+
+    ``dynamic``: the latent may be any multiple of the UNet's downscale, not only ``latent_hw`` (dynamic-size
+    bundles, ``sd_dynamic``): each layer's grid is then read from the sample's traced size and its ratio to
+    ``latent_hw`` (:attr:`layer_ratios`), so ``attn`` stays on the fixed ``grid`` and ``attn_logits`` gets
+    (H / 4) * (W / 4) queries of that latent."""
 
     def __init__(self, unet: nn.Module, latent_hw: tuple[int, int], resolutions: list[int] | tuple[int, ...],
                  grid: tuple[int, int] | None = None, query_downscale: int = 2, context_len: int = 77,
                  logits_resolution: int | None = None,
-                 grids: dict[str, tuple[int, int]] | None = None):
+                 grids: dict[str, tuple[int, int]] | None = None, dynamic: bool = False):
         super().__init__()
         self.unet = unet
         self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
@@ -155,6 +178,13 @@ class AttentionCapture(nn.Module):
                              f"{self.latent_hw}; the UNet's grids are {have}: pick resolutions among them")
         self.layer_names = tuple(n for n, _ in chosen)  # a tuple of names: no dict for export to copy
         self.layer_hw = tuple(g for _, g in chosen)
+        self.dynamic = bool(dynamic)
+        self.layer_ratios = tuple(self.latent_hw[0] // g[0] for g in self.layer_hw)  # latent / layer grid
+        bad = [n for n, g, r in zip(self.layer_names, self.layer_hw, self.layer_ratios)
+               if (g[0] * r, g[1] * r) != self.latent_hw]
+        if self.dynamic and bad:
+            raise ValueError(f"dynamic AttentionCapture: the grids of {bad} do not divide latent {self.latent_hw} "
+                             f"evenly; pick a latent size that is a multiple of the UNet's downscale")
         self.logits_resolution = None if logits_resolution is None else int(logits_resolution)
         at = [(n, g) for n, g in grids.items() if g[0] == self.logits_resolution]
         if self.logits_resolution is not None and not at:
@@ -203,10 +233,52 @@ class AttentionCapture(nn.Module):
             if isinstance(proc, CaptureProcessor):
                 proc.probs = proc.logits = None
         noise = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-        attn = _combine(self.captured(), self.grid)
+        if self.dynamic:
+            attn = _combine_dynamic([(p, r) for (p, _), r in zip(self.captured(), self.layer_ratios)],
+                                    (sample.shape[-2], sample.shape[-1]), self.grid)
+        else:
+            attn = _combine(self.captured(), self.grid)
         if self.logits_resolution is None:
             return noise, attn
         return noise, attn, self.captured_logits()
+
+
+ScoreReader = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None, Callable[..., torch.Tensor]],
+                       tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextmanager
+def captured_scores(unet: nn.Module, names: list[str], read: ScoreReader) -> Iterator[dict[str, torch.Tensor]]:
+    """Run the layers ``names`` of ``unet`` through diffusers' own ``AttnProcessor`` with their
+    ``get_attention_scores`` wrapped: ``read(mod, q, k, mask, orig)`` gets the ``(b h) x N x d`` query / key
+    (``orig`` the layer's own ``get_attention_scores``) and returns ``(kept, probs)``: ``kept`` a B x N x T map
+    stored under the layer's name in the yielded dict, ``probs`` what the layer goes on with. On leaving (an
+    exception included) every layer gets its processor back and loses the wrapper."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    saved = {n: unet.get_submodule(n).processor for n in names}
+    got: dict[str, torch.Tensor] = {}
+    try:
+        for name in names:
+            mod = unet.get_submodule(name)
+            mod.set_processor(AttnProcessor())
+            orig = type(mod).get_attention_scores.__get__(mod)
+
+            def scores(q, k, mask=None, name=name, orig=orig, mod=mod):
+                got[name], probs = read(mod, q, k, mask, orig)
+                return probs
+            mod.get_attention_scores = scores
+        yield got
+    finally:
+        for name, proc in saved.items():
+            mod = unet.get_submodule(name)
+            mod.__dict__.pop("get_attention_scores", None)
+            mod.set_processor(proc)
+
+
+def _head_mean(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(b h) x N x T`` -> the head mean B x N x T."""
+    return x.view(-1, heads, x.shape[1], x.shape[2]).mean(1)
 
 
 @torch.no_grad()
@@ -214,30 +286,15 @@ def reference_attention(unet: nn.Module, sample: torch.Tensor, timestep: torch.T
                         resolutions: list[int] | tuple[int, ...], grid: tuple[int, int]) -> torch.Tensor:
     """The same B x (q_h*q_w) x T map as :class:`AttentionCapture`, computed with diffusers' own ``AttnProcessor``
     (``Attention.get_attention_scores``). Processors of the UNet are restored afterwards."""
-    from diffusers.models.attention_processor import AttnProcessor
-
     latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
     grids = layer_grids(unet, latent_hw, unet.config.cross_attention_dim, states.shape[1])
     chosen = [(n, g) for n, g in grids.items() if g[0] in set(int(r) for r in resolutions)]
-    saved = {n: unet.get_submodule(n).processor for n, _ in chosen}
-    got: dict[str, torch.Tensor] = {}
-    try:
-        for name, _ in chosen:
-            mod = unet.get_submodule(name)
-            mod.set_processor(AttnProcessor())
-            orig = type(mod).get_attention_scores.__get__(mod)
 
-            def scores(q, k, mask=None, name=name, orig=orig, mod=mod):
-                p = orig(q, k, mask)
-                got[name] = p.view(-1, mod.heads, p.shape[1], p.shape[2]).mean(1)
-                return p
-            mod.get_attention_scores = scores
+    def read(mod, q, k, mask, orig):
+        p = orig(q, k, mask)
+        return _head_mean(p, mod.heads), p
+    with captured_scores(unet, [n for n, _ in chosen], read) as got:
         unet(sample, timestep, states)
-    finally:
-        for name, proc in saved.items():
-            mod = unet.get_submodule(name)
-            mod.__dict__.pop("get_attention_scores", None)
-            mod.set_processor(proc)
     return _combine([(got[n], g) for n, g in chosen], grid)
 
 
@@ -249,30 +306,15 @@ def reference_logits(unet: nn.Module, sample: torch.Tensor, timestep: torch.Tens
     ``(b h) n d``, ``einsum('b i d, b j d -> b i j') * scale``, before the mask; its ``sim[0:mid].mean(0)`` is the
     head mean of the first batch half), read inside diffusers' own ``AttnProcessor`` (its ``head_to_batch_dim``
     layout, through ``Attention.get_attention_scores``). Processors of the UNet are restored afterwards."""
-    from diffusers.models.attention_processor import AttnProcessor
-
     latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
     grids = layer_grids(unet, latent_hw, unet.config.cross_attention_dim, states.shape[1])
     chosen = [n for n, g in grids.items() if g[0] == int(resolution)]
-    saved = {n: unet.get_submodule(n).processor for n in chosen}
-    got: dict[str, torch.Tensor] = {}
-    try:
-        for name in chosen:
-            mod = unet.get_submodule(name)
-            mod.set_processor(AttnProcessor())
-            orig = type(mod).get_attention_scores.__get__(mod)
 
-            def scores(q, k, mask=None, name=name, orig=orig, mod=mod):
-                sim = torch.einsum("bid,bjd->bij", q.float(), k.float()) * mod.scale  # (b h) x N x T
-                got[name] = sim.view(-1, mod.heads, sim.shape[1], sim.shape[2]).mean(1)
-                return orig(q, k, mask)
-            mod.get_attention_scores = scores
+    def read(mod, q, k, mask, orig):
+        sim = torch.einsum("bid,bjd->bij", q.float(), k.float()) * mod.scale  # (b h) x N x T
+        return _head_mean(sim, mod.heads), orig(q, k, mask)
+    with captured_scores(unet, chosen, read) as got:
         unet(sample, timestep, states)
-    finally:
-        for name, proc in saved.items():
-            mod = unet.get_submodule(name)
-            mod.__dict__.pop("get_attention_scores", None)
-            mod.set_processor(proc)
     missing = [n for n in chosen if n not in got]
     if not chosen or missing:
         raise RuntimeError(f"reference_logits: layers {missing or chosen} at grid {resolution} produced no logits")

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vit_pos import FixedPosEmbed
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 LSEG_OFFICIAL_CONFIGS = {"lseg_vitl16_384": "lseg-vitl16-384.json", "lseg_vitb32_384": "lseg-vitb32-384.json",
                          "lseg_tiny_official": "lseg-tiny-official.json"}
@@ -168,9 +170,10 @@ def _text_clip(name: str) -> nn.Module:
     return open_clip.model.CLIP(**clip_config(name)).eval()
 
 
-class LSegOfficial(nn.Module):
+class LSegOfficial(FixedPosEmbed):
     """LSegNet's module tree: ``clip_pretrained``, ``pretrained`` (``model`` + ``act_postprocess1..4``),
-    ``scratch``. :meth:`encode` / :meth:`head_logits` are the two exported halves; ``forward`` is LSegNet's."""
+    ``scratch``. :meth:`encode` / :meth:`head_logits` are the two exported halves; ``forward`` is LSegNet's.
+    ``fix_input_size`` / ``_pos_embed``: :class:`edgeseg.train.vit_pos.FixedPosEmbed`."""
 
     def __init__(self, config: LSegOfficialConfig):
         super().__init__()
@@ -200,18 +203,9 @@ class LSegOfficial(nn.Module):
         self.register_buffer("logit_scale", torch.tensor(math.log(c.logit_scale), dtype=torch.float32).exp(),
                              persistent=False)
 
-    def fix_input_size(self, h: int, w: int) -> None:
-        """Resize the position embedding for h x w inputs once, after the weights are loaded: the exported graph
-        then holds it as a constant (same values as resizing in every forward)."""
-        with torch.no_grad():
-            fixed = self._pos_embed(h // self.patch, w // self.patch).detach().clone()
-        self.register_buffer("_pos_fixed", fixed, persistent=False)
-        self._pos_grid = (h // self.patch, w // self.patch)
-
-    def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
-        """lang-seg ``_resize_pos_embed``: the grid part resized bilinearly to gh x gw, class token kept."""
-        if getattr(self, "_pos_grid", None) == (gh, gw):
-            return self._pos_fixed
+    def _resize_pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+        """lang-seg ``_resize_pos_embed``: 1 x (1 + n) x W -> 1 x (1 + gh gw) x W, the grid part resized
+        bilinearly (align_corners=False), class token kept."""
         pe = self.pretrained.model.pos_embed
         tok, grid = pe[:, :1], pe[0, 1:]
         old = int(math.sqrt(len(grid)))

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import _value_path, clip_config
+from .vit_pos import FixedPosEmbed
 
 TCL_OFFICIAL_CONFIGS = {  # name -> (CLIP config, window = exported input size)
     "tcl_vitb16": {"clip": "ViT-B-16-quickgelu", "window": 448, "freeze": 11, "decoder_layers": 2},
@@ -117,10 +118,10 @@ def _holder(**modules: nn.Module) -> nn.Module:
     return m
 
 
-class TCLOfficial(nn.Module):
+class TCLOfficial(FixedPosEmbed):
     """TCL's module tree (see the module docstring); :meth:`encode` and :meth:`head_terms` are the exported
     halves, with the same signatures as :class:`edgeseg.train.tcl.TCL` so the ``tcl_encoder`` / ``tcl_head``
-    export wrappers serve both."""
+    export wrappers serve both. ``fix_input_size`` / ``_pos_embed``: :class:`edgeseg.train.vit_pos.FixedPosEmbed`."""
 
     def __init__(self, name: str):
         super().__init__()
@@ -163,18 +164,8 @@ class TCLOfficial(nn.Module):
     def b(self) -> torch.Tensor:
         return self.masker.sim2mask.b
 
-    def fix_input_size(self, h: int, w: int) -> None:
-        """Resize the position embedding for h x w inputs once, after the weights are loaded: the exported graph
-        then holds it as a constant (TensorRT has no bicubic Resize; the values are the same)."""
-        with torch.no_grad():
-            fixed = self._pos_embed(h // self.patch, w // self.patch).detach().clone()
-        self.register_buffer("_pos_fixed", fixed, persistent=False)
-        self._pos_grid = (h // self.patch, w // self.patch)
-
-    def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+    def _resize_pos_embed(self, gh: int, gw: int) -> torch.Tensor:
         """sclip ``interpolate_pos_emb``: (1 + n) x W -> (1 + gh gw) x W, bicubic, align_corners=False."""
-        if getattr(self, "_pos_grid", None) == (gh, gw):
-            return self._pos_fixed
         pe = self.clip_image_encoder.clip_visual.positional_embedding
         n = pe.shape[0] - 1
         if gh * gw == n and gh == gw:

@@ -6,6 +6,9 @@ loading the model and running it; ``rss_delta_mb`` is what loading and running a
 ``device_mb`` is PyTorch's peak allocation (torch backends) or the drop in free device memory (others).
 
     python -m edgeseg.export.bench.memory '{"engine": "ort", ...}'   # prints one JSON line
+
+:func:`run_cli_peak` runs a whole ``edgeseg`` command the same way (a fresh interpreter, its ``ru_maxrss``), for
+the scripts in ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,42 @@ def measure_memory(runner, backend, feeds: dict[str, np.ndarray], threads: int, 
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
         return {"error": f"memory worker exited {r.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+PEAK_MARKER = "@@peak_rss_mb "  # the line _CLI_PEAK prints last: "@@peak_rss_mb <MB>"
+_CLI_PEAK = """import resource, sys
+sys.argv = sys.argv[1:]
+try:
+    from edgeseg.cli import main
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+print("@@peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+sys.exit(code)
+"""
+
+
+@dataclass
+class CliRun:
+    """One ``edgeseg`` command run by :func:`run_cli_peak`: exit status, captured output, wall seconds and the
+    child's peak resident memory in MB (``ru_maxrss``; None when it printed no peak line)."""
+
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_rss_mb: float | None
+
+
+def run_cli_peak(args: Sequence[str]) -> CliRun:
+    """``edgeseg ARGS`` (``args`` without the leading ``edgeseg``) in a fresh interpreter, waited for; its peak
+    RSS is the last ``@@peak_rss_mb MB`` line the wrapper prints to stdout after the command exits."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CLI_PEAK, "edgeseg", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    peaks = [line[len(PEAK_MARKER):] for line in proc.stdout.splitlines() if line.startswith(PEAK_MARKER)]
+    return CliRun(proc.returncode, proc.stdout, proc.stderr, seconds, float(peaks[-1]) if peaks else None)
 
 
 def _worker(job: dict) -> dict:

@@ -1,9 +1,11 @@
 """INT8 calibration feeds recorded from the pipeline itself, spooled to disk and streamed back.
 
 A multi-component method (Ref-Diff: ``sd_text``, ``vae_encoder``, ``unet_attn``, ``sam_encoder``,
-``sam_decoder``, ``clip_text``, ``clip_masked``) cannot be calibrated from images and token ids alone: the
-UNet sees latents noised at the pipeline's DDIM timesteps with the SD text states (uncond + cond), the SAM
-decoder sees the automatic-mask point grid on real image embeddings, CLIP sees real proposals. So the FP32
+``sam_decoder``, ``clip_text``, ``clip_masked``, ``clip_hard``) cannot be calibrated from images and token ids
+alone: the UNet sees latents noised at the pipeline's DDIM timesteps with the SD text states (uncond + cond), the
+SAM decoder sees the automatic-mask point grid on real image embeddings, CLIP sees real proposals (``clip_hard``:
+the released hard crops, ``(x * P) * M`` cut to each proposal's box at shortest side = the CLIP size, so its
+feeds come in many H x W shapes and stride 1 unless some coincide). So the FP32
 bundle's own runtime predictor is run on the calibration images / texts, and every ``Bundle.run`` call is
 recorded (:class:`FeedSpool`): each component gets exactly the feeds it gets in deployment, whatever its input
 names are (the recipe follows I/O changes of the export without an edit here).
@@ -138,7 +140,10 @@ def capture_refdiff(bundle_dir: str | Path, calib: Any, spool: FeedSpool, texts_
                      if list(c.get("precision_hints", {}).get("int8_exclude", [])) == [".*"])
     unwrap = record_runs(bundle, spool, skip)
     try:
-        pred = RefDiffPredictor(bundle, cache_dir=None, parser=None)
+        # the released preset (its default) feeds clip_hard the real hard crops; a bundle exported before
+        # clip_hard existed runs its hard branch through clip_masked's crops instead (hard_resize="clip_input")
+        hard = "shortest_side" if "clip_hard" in bundle.components else "clip_input"
+        pred = RefDiffPredictor(bundle, cache_dir=None, parser=None, preset="released", hard_resize=hard)
         pairs = getattr(calib, "image_texts", None) or []
         texts = list(calib.texts) or ["the object"]
         for i, img in enumerate(tqdm(calib.images, desc="calibration: Ref-Diff pipeline", disable=not progress)):

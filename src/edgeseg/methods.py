@@ -100,7 +100,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec(
         "refdiff", "Ref-Diff: zero-shot referring segmentation (SD cross-attention + SAM + CLIP)", "referring",
         ("sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "sam_masks", "clip_text",
-         "clip_masked"),
+         "clip_masked", "clip_hard"),
         "edgeseg.export.refdiff_bundle:refdiff_components",
         "a config name (toy, full-vit-b, full-vit-h, released-vit-h) or a JSON file naming local weights "
         "(see edgeseg.export.refdiff_bundle)", "toy",

@@ -12,35 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_support import TOWERS, clip_tower, tok_clip  # tests/export is on sys.path (pytest prepends it)
 from edgeseg.export import clip_masked as cm
 
 torch.set_num_threads(1)
 
-TOK_CFG = {"embed_dim": 32, "quick_gelu": False,
-           "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
-                          "pool_type": "tok"},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def _tok_clip() -> torch.nn.Module:
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**TOK_CFG).eval()
-    with torch.no_grad():  # larger random class/pos embeddings so masking visibly changes the outputs
-        model.visual.class_embedding.mul_(8)
-        model.visual.positional_embedding.mul_(4)
-    return model
-
-
-@pytest.fixture(scope="module", params=["tok", "avg"])
+@pytest.fixture(scope="module", params=TOWERS)
 def model(request):
-    if request.param == "tok":
-        clip = _tok_clip()
-    else:
-        from edgeseg.train.clip import load_clip
-
-        clip = load_clip("clip_toy")[0]
+    clip = clip_tower(request.param)
     wrapper = cm.ClipMaskedWrapper(clip.visual).eval()
     size = tuple(clip.visual.image_size) if isinstance(clip.visual.image_size, tuple) else (clip.visual.image_size,) * 2
     s = cm.spec(size, tuple(clip.visual.grid_size), clip.visual.output_dim, max_proposals=16)
@@ -197,7 +176,7 @@ def test_spec_and_example_inputs():
 
 
 def test_rejects_unsupported_pooling():
-    clip = _tok_clip()
+    clip = tok_clip()
     clip.visual.pool_type = "none"
     with pytest.raises(ValueError, match="pool_type 'tok' or 'avg'"):
         cm.ClipMaskedWrapper(clip.visual)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_support import TOWERS, clip_tower, tok_clip  # tests/export is on sys.path (pytest prepends it)
 from edgeseg.export import clip_masked as cm
 from edgeseg.export.released_soft_reference import (released_attention_mask, released_patch_masks,
                                                      released_position_embedding, released_soft_embeddings)
@@ -19,31 +20,11 @@ from edgeseg.runtime.refdiff_released import released_native_masks
 
 torch.set_num_threads(1)
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-TOK_CFG = {"embed_dim": 32, "quick_gelu": False,
-           "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
-                          "pool_type": "tok"},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
-def _tok_clip() -> torch.nn.Module:
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**TOK_CFG).eval()
-    with torch.no_grad():  # larger random class/pos embeddings so masking visibly changes the outputs
-        model.visual.class_embedding.mul_(8)
-        model.visual.positional_embedding.mul_(4)
-    return model
-
-
-@pytest.fixture(scope="module", params=["tok", "avg"])
+@pytest.fixture(scope="module", params=TOWERS)
 def model(request):
-    if request.param == "tok":
-        clip = _tok_clip()
-    else:
-        from edgeseg.train.clip import load_clip
-
-        clip = load_clip("clip_toy")[0].eval()
+    clip = clip_tower(request.param)
     return request.param, clip.visual, cm.ClipMaskedWrapper(clip.visual).eval()
 
 
@@ -123,7 +104,7 @@ def test_cubic_weights_equal_torch_bicubic_with_the_dino_scale(n):
     """The in-graph n x S weight matrix applied to a random S-row grid == F.interpolate(scale_factor=(n + 0.1)
     / S, mode="bicubic") as released (sampling by that factor, not S / n); the graph forms the scale in float32,
     torch in float64, hence 1e-5."""
-    wrapper = cm.ClipMaskedWrapper(_tok_clip().visual)
+    wrapper = cm.ClipMaskedWrapper(tok_clip().visual)
     s = wrapper.pos_side
     grid = torch.randn(1, 1, s, 3, generator=torch.Generator().manual_seed(n))
     want = F.interpolate(grid, scale_factor=((n + 0.1) / math.sqrt(s * s), 1.0), mode="bicubic")[0, 0]

@@ -58,14 +58,21 @@ def test_every_component_builds_and_passes_the_tensorrt_lint(refdiff_builds, ref
 def test_int8_is_calibrated_from_the_pipeline(refdiff_builds, capsys):
     man = json.loads((refdiff_builds["int8"] / "manifest.json").read_text())
     recorded = man["build"]["calibration"]["pipeline"]["components"]
-    assert {"sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "clip_masked"} <= set(recorded)
+    assert {"sd_text", "vae_encoder", "unet_attn", "sam_encoder", "sam_decoder", "clip_masked",
+            "clip_hard"} <= set(recorded)
     # the UNet: 2 DDIM timesteps per image (strength 0.1 of 20 steps), uncond + cond batched in each call
     assert recorded["unet_attn"]["calls"] >= CALIB_N
     unet = man["components"]["unet_attn"]["converted"]
     assert unet["quantized_nodes"] > 0 and unet["calibration_samples"] == recorded["unet_attn"]["kept"]
     assert unet["estimated_peak_mb"] > 0 and unet["calibration_stride"] >= 1
-    for name in ("vae_encoder", "sam_encoder", "sam_decoder", "clip_masked"):
+    for name in ("vae_encoder", "sam_encoder", "clip_masked", "clip_hard"):
         assert man["components"][name]["converted"]["quantized_nodes"] > 0, name
+    # the SAM decoder and its post-processing stay FP32 (their int8_exclude hints: the isolation study)
+    for name in ("sam_decoder", "sam_masks"):
+        assert man["components"][name]["converted"]["quantized_nodes"] == 0, name
+    # clip_hard: the released hard crops at shortest side 96, aspect kept (many shapes: stride 1 unless they repeat)
+    hard = man["components"]["clip_hard"]["converted"]
+    assert hard["calibration_samples"] == recorded["clip_hard"]["kept"] >= CALIB_N
 
 
 def test_int8_unet_keeps_attention_matmuls_and_cross_attention_unquantized(refdiff_builds):

@@ -3,11 +3,9 @@ option; the released predictor on the toy bundle equals a reference recomputatio
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from edgeseg.runtime.images import preprocess
 from edgeseg.runtime.refdiff import DEFAULTS, RefDiffPredictor
-from edgeseg.runtime.refdiff_options import CHECKS
+from edgeseg.runtime.refdiff_options import CHECKS, check_options
 from edgeseg.runtime.refdiff_presets import PAPER, PRESETS, RELEASED_DIFF, differences
 from edgeseg.runtime.refer_text import _load_pipeline
 from edgeseg.train.data.refer import ReferWorld
@@ -30,6 +28,10 @@ def test_presets_are_tables_whose_differences_are_validated_options():
     assert all(k in CHECKS for k in PAPER)
     assert PRESETS["released"]["topk"] == 10 and PRESETS["released"]["min_area"] == 10000
     assert PRESETS["released"]["ddim_noise"] == "released_t_enc_index"
+    assert differences()["hard_resize"] == ("clip_input", "shortest_side")
+    with pytest.raises(ValueError, match=r"^Ref-Diff option hard_resize='224': must be one of "
+                                         r"\['clip_input', 'shortest_side'\]$"):
+        check_options({"hard_resize": "224"})
 
 
 def test_released_is_the_default_and_the_toy_bundle_scales_min_area(released, refdiff_bundle):
@@ -69,15 +71,17 @@ def _ref_subject(nlp, text: str) -> str:
 
 def test_released_predictor_equals_the_released_formulas_on_the_toy_bundle(released, samples):
     """Chosen proposal equal in every trial and scores within 1e-4 of a recomputation: top 10 by area with area >
-    min_area, hard input (x*P)*M cut to the box, soft input the unbiased image at its own size (the torch
-    reference of the released get_clipsoft), t and k unmixed, 0.7/0.3/0.05."""
-    from edgeseg.export.released_soft_reference import released_soft_embeddings
+    min_area, hard input (x*P)*M cut to the box at shortest side 96 (the toy CLIP's size), aspect kept (the torch
+    reference of the released get_cliphard), soft input the unbiased image at its own size (the torch reference
+    of the released get_clipsoft), t and k unmixed, 0.7/0.3/0.05."""
+    from edgeseg.export.released_soft_reference import released_hard_embeddings, released_soft_embeddings
     from edgeseg.train.clip import load_clip
 
     toy_visual = load_clip("clip_toy")[0].eval().visual
     b, nlp = released.bundle, _load_pipeline(released.options["parser"])
-    prep, grid = b.preprocessing, tuple(b.spec("clip_masked").input("patch_masks").shape[1:])
-    from edgeseg.runtime.refdiff_scores import patch_masks
+    prep = b.preprocessing
+    assert released.options["hard_resize"] == "shortest_side" and "clip_hard" in released.scorer.COMPONENTS
+    wide = 0
 
     texts = [s.expression.text for s in samples] + ["the star on the left", "a circle to the right of the ring"]
     for i, text in enumerate(texts):
@@ -99,19 +103,17 @@ def test_released_predictor_equals_the_released_formulas_on_the_toy_bundle(relea
         crops = []
         for m in kept:
             ys, xs = np.nonzero(m)
-            new = (pos * m[..., None])[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8)
-            crops.append(preprocess(np.asarray(Image.fromarray(new)), prep))
-        lo = b.spec("clip_masked").input("native_image").min
-        out = b.run("clip_masked", {"image": preprocess(img, prep), "patch_masks": patch_masks(kept, grid),
-                                    "crops": np.concatenate(crops), "native_image": np.zeros(lo, np.float32),
-                                    "native_masks": np.zeros((len(kept), lo[2] // 8, lo[3] // 8), np.float32)})
+            crops.append((pos * m[..., None])[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8))
+        wide += sum(c.shape[0] != c.shape[1] for c in crops)
+        hard = released_hard_embeddings(toy_visual, crops, prep["mean"], prep["std"], size=96)  # T.Resize(96)
         soft = released_soft_embeddings(toy_visual, img, kept, prep["mean"], prep["std"])  # native size
         t, k = released.scorer.text.embed([res.parsed.text, word])
         c = res.attention
         diff = np.array([(c * m).sum() / (m.sum() + 1e-6) - (c * ~m).sum() / ((~m).sum() + 1e-6) for m in kept])
-        total = 0.7 * (out["crop_embeds"] @ t) + 0.3 * (soft @ (0.5 * t + 0.5 * k)) + 0.05 * diff
+        total = 0.7 * (hard @ t) + 0.3 * (soft @ (0.5 * t + 0.5 * k)) + 0.05 * diff
         np.testing.assert_allclose(res.scores["total"], total, atol=1e-4)
         assert res.best == int(np.argmax(total)), text
+    assert wide >= len(texts)  # non-square crops (the aspect-kept path) were scored
 
 
 def test_the_multiply_by_zero_flag_keeps_dropped_proposals_at_score_zero(refdiff_bundle, samples):
