@@ -24,7 +24,7 @@ only, on a bundle exported with ``sd_dynamic``: ``toy-dynamic``, ``released-vit-
 by S / max(H, W) (S the VAE opt size, ``method_config.sd_dynamic.image_opt``), each side floored to the bundle's
 ``sd_dynamic.multiple`` (64 px for SD 1.5 as released, 16 for the toy), BICUBIC, no padding; the logits grid is
 that size / (S / g) (the released ``resize // 32``); the map is LANCZOS-stretched to the max(H, W) square and
-cropped as if padded (the released stretch-then-crop quirk, :func:`~.refdiff_released.attention_to_image_stretched`).
+cropped as if padded (the released stretch-then-crop quirk, :func:`~.refdiff_released.attention_to_image`).
 A side floored below the multiple (an aspect ratio over S / multiple) is refused in one line, never rescaled.
 """
 
@@ -41,7 +41,7 @@ from .cache import TextEmbeddingCache
 from .ddim import DDIMSchedule
 from .images import preprocess, resize_maps
 from .refdiff_options import check_options
-from .refdiff_released import (attention_from_logits, attention_to_image, attention_to_image_stretched,
+from .refdiff_released import (attention_from_logits, attention_to_image,
                                diffusion_pad_input, diffusion_resize_input, released_denoise_timesteps,
                                released_noise_timestep, released_token_index, resize_target)
 from .refdiff_scores import normalize_map
@@ -301,12 +301,12 @@ class AttentionLocalizer:
                     x = self.schedule.step(uncond + o["guidance"] * (cond_eps - uncond), t, x)
             if released:
                 assert self.logits_grid is not None  # set in __init__ for this attention map
-                grid, to_image = self.logits_grid, attention_to_image
-                if self.dynamic is not None:  # released_resize: the grid of this latent, the stretch-then-crop
+                grid = self.logits_grid
+                if self.dynamic is not None:  # released_resize: the grid of this latent (then stretch-then-crop)
                     down = int(self.config["attention"]["logits"]["downscale"])
-                    grid, to_image = (latent.shape[2] // down, latent.shape[3] // down), attention_to_image_stretched
-                maps += [to_image(attention_from_logits(calls[i], int(tok), grid, float(o["guidance"])), size)
-                         for i, tok in enumerate(tokens[s:s + n])]
+                    grid = (latent.shape[2] // down, latent.shape[3] // down)
+                maps += [attention_to_image(attention_from_logits(calls[i], int(tok), grid, float(o["guidance"])),
+                                            size) for i, tok in enumerate(tokens[s:s + n])]
                 continue
             for a in acc / len(steps):
                 small = normalize_map(a.reshape(self.grid))

@@ -8,8 +8,8 @@
 - :func:`diffusion_pad_input` / :func:`diffusion_resize_input`: the VAE input geometry (``diffusion_pad``
   True / False; :func:`resize_target` the non-padded size).
 - :func:`attention_from_logits`: the attention map from pre-softmax cross-attention logits of layer calls.
-- :func:`attention_to_image`: uint8 quantization, LANCZOS to the padded square, crop back, min-max;
-  :func:`attention_to_image_stretched`: the same from the non-padded grid (the stretch-then-crop quirk).
+- :func:`attention_to_image`: uint8 quantization, LANCZOS to the padded square, crop back, min-max (from the
+  non-padded grid too: the stretch-then-crop quirk).
 - :func:`filter_proposals`, :func:`select_best`: top-k by area, minimum area, the argmax over kept proposals.
 - :func:`hard_crop`, :func:`resize_shortest`: the hard branch's input.
 - :func:`released_native_masks`: the soft branch's masks, nearest-downsampled to the CLIP patch grid.
@@ -118,24 +118,18 @@ def attention_from_logits(calls: Sequence[np.ndarray], token: int, grid: tuple[i
 
 
 def attention_to_image(small: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """gh x gw map in [0, 1] (square grid of the padded input) -> H x W float32 in [0, 1]: ``uint8(255 x map)``
-    (truncated), LANCZOS to the max(H, W) square, the image's centred window cut out, min-max (+1e-8)."""
+    """gh x gw map in [0, 1] -> H x W float32 in [0, 1]: ``uint8(255 x map)`` (truncated), LANCZOS to the
+    max(H, W) square, the image's centred window cut out, min-max (+1e-8). The released code runs these lines for
+    both geometries: with ``diffusion_pad`` the grid is the padded square's; with ``vae_geometry="released_resize"``
+    it is the *unpadded* (non-square) image's, and this is the **stretch-then-crop quirk**: the map is stretched to
+    the square anyway and the centred window cut out as if padded (rows ``(W - H) // 2 : + H`` of a wide image,
+    columns of a tall one), so a wide image gets its middle band stretched back, not the map of the whole image."""
     h, w = int(hw[0]), int(hw[1])
     side, y0, x0 = pad_offsets(h, w)
     q = (np.asarray(small, np.float64) * 255).astype(np.uint8)
     big = np.asarray(Image.fromarray(q, mode="L").resize((side, side), Image.LANCZOS), np.float64) / 255
     big = big[y0:y0 + h, x0:x0 + w]
     return _minmax(big, 1e-8).astype(np.float32)
-
-
-def attention_to_image_stretched(small: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """The non-padded variant (``vae_geometry="released_resize"``), with the released code's **stretch-then-crop
-    quirk**: the gh x gw map of the *unpadded* resized image (not square) -> ``uint8(255 x map)``, LANCZOS to the
-    max(H, W) **square** anyway (stretching the short side), then the centred window cut out as if it were
-    padded (rows ``(W - H) // 2 : + H`` of a wide image, columns of a tall one), min-max (+1e-8) -> H x W float32.
-    So a wide image's map is its middle band stretched back, not the map of the whole image. The arithmetic is
-    :func:`attention_to_image`'s (the released code runs the same lines for both geometries)."""
-    return attention_to_image(small, hw)
 
 
 # ---------------------------------------------------------------------------------------------------- proposals

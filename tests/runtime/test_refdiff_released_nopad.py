@@ -12,7 +12,7 @@ from edgeseg.runtime.bundle import BundleError
 from edgeseg.runtime.refdiff import RefDiffPredictor
 from edgeseg.runtime.refdiff_localize import LOCALIZER_DEFAULTS, AttentionLocalizer
 from edgeseg.runtime.refdiff_presets import PRESETS
-from edgeseg.runtime.refdiff_released import attention_to_image_stretched, resize_target
+from edgeseg.runtime.refdiff_released import attention_to_image, resize_target
 from edgeseg.runtime.refer_text import parse_expression
 from edgeseg.train.data.refer import ReferWorld
 
@@ -85,7 +85,7 @@ def test_released_nopad_map_equals_the_torch_reference(loc, ref, case):
 
 def test_the_stretch_then_crop_quirk():
     small = np.random.default_rng(0).random((3, 6))  # the grid of a wide (non-square) resized image
-    got = attention_to_image_stretched(small, (52, 96))
+    got = attention_to_image(small, (52, 96))
     q = Image.fromarray((small * 255).astype(np.uint8), mode="L").resize((96, 96), Image.LANCZOS)
     big = np.asarray(q, np.float64)[22:74] / 255  # rows (96 - 52) // 2 : + 52 of the stretched square
     np.testing.assert_allclose(got, (big - big.min()) / (big.max() - big.min() + 1e-8), atol=1e-6)
