@@ -96,6 +96,15 @@ def released_position_embedding(visual: nn.Module, h: int, w: int) -> torch.Tens
     return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(-1, dim)], dim=0)
 
 
+def released_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """1 x 3 x H x W normalized -> 1 x (1 + gh * gw) x C: ``prepare_multi_class_tokens`` before its copies, i.e.
+    conv patches (row-major), the class embedding prepended, + :func:`released_position_embedding` for H x W."""
+    t = visual.conv1(x)
+    t = t.reshape(1, t.shape[1], -1).permute(0, 2, 1)  # 1 x HW x C
+    t = torch.cat([visual.class_embedding.view(1, 1, -1) + torch.zeros(1, 1, t.shape[-1]), t], dim=1)
+    return t + released_position_embedding(visual, int(x.shape[-2]), int(x.shape[-1]))
+
+
 @torch.no_grad()
 def released_soft_embeddings(visual: nn.Module, image: np.ndarray, masks: np.ndarray,
                              mean: tuple[float, float, float] | list[float],
@@ -114,20 +123,17 @@ def released_soft_embeddings(visual: nn.Module, image: np.ndarray, masks: np.nda
     pool = getattr(visual, "pool_type", None)
     if pool not in ("tok", "avg") or getattr(visual, "attn_pool", None) is not None:
         raise ValueError(f"released_soft_embeddings needs a ViT tower with pool_type 'tok' or 'avg', got {pool!r}")
-    n, (h, w) = len(masks), image.shape[:2]
+    n = len(masks)
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
     x = ((x - torch.tensor(mean, dtype=torch.float32)[:, None, None])
          / torch.tensor(std, dtype=torch.float32)[:, None, None])[None]
     obj = released_patch_masks(masks, _pair(visual.conv1.stride))  # 1 x HW x N
     attn_mask = released_attention_mask(obj)[0]  # one image: the 2-D mask serves every head
 
-    t = visual.conv1(x)
-    t = t.reshape(1, t.shape[1], -1).permute(0, 2, 1)  # 1 x HW x C
-    if t.shape[1] != obj.shape[1]:
-        raise ValueError(f"conv grid has {t.shape[1]} patches but the downsampled masks {obj.shape[1]}: the tower's "
-                         f"stride differs from its patch size")
-    t = torch.cat([visual.class_embedding.view(1, 1, -1) + torch.zeros(1, 1, t.shape[-1]), t], dim=1)
-    t = t + released_position_embedding(visual, h, w)
+    t = released_tokens(visual, x)
+    if t.shape[1] - 1 != obj.shape[1]:
+        raise ValueError(f"conv grid has {t.shape[1] - 1} patches but the downsampled masks {obj.shape[1]}: the "
+                         f"tower's stride differs from its patch size")
     t = torch.cat([t[:, :1].expand(-1, n, -1), t[:, 1:]], dim=1)  # [copies, patches]: original class token gone
     t = visual.ln_pre(t)
     t = visual.transformer(t, attn_mask=attn_mask)
@@ -177,13 +183,9 @@ def released_hard_embeddings(visual: nn.Module, crops: list[np.ndarray], mean: t
         if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
             raise ValueError(f"crop {i} must be h x w x 3 uint8 RGB, got {crop.shape} {crop.dtype}")
         x = transform(Image.fromarray(np.ascontiguousarray(crop)))[None]  # 1 x 3 x H x W
-        h, w = x.shape[-2:]
-        t = visual.conv1(x)
-        t = t.reshape(1, t.shape[1], -1).permute(0, 2, 1)  # 1 x HW x C
-        t = torch.cat([visual.class_embedding.view(1, 1, -1) + torch.zeros(1, 1, t.shape[-1]), t], dim=1)
-        t = t + released_position_embedding(visual, int(h), int(w))
-        t = torch.cat([t[:, :1], t[:, 1:]], dim=1)  # prepare_multi_class_tokens(num_classes=1, remove_cls=True)
-        t = visual.transformer(visual.ln_pre(t))
+        # prepare_multi_class_tokens(num_classes=1, remove_cls=True): the one copy replaces the class token, so the
+        # sequence stays [cls, patches]
+        t = visual.transformer(visual.ln_pre(released_tokens(visual, x)))
         if pool == "tok":
             out = visual.ln_post(t)[0, 0]
         elif visual.final_ln_after_pool:
