@@ -11,12 +11,14 @@ Too slow for CI (SD 1.5 UNet: ~3.4 GB of weights); run it by hand on a quiet mac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 WORKER = r"""
 import json, resource, sys, time
@@ -88,12 +90,15 @@ def main() -> None:
     ap.add_argument("--export-only", nargs="*", default=[], metavar="COMPONENT",
                     help="export these without the PyTorch / ONNX Runtime comparison (e.g. unet_attn at 1024 px: "
                          "ONNX Runtime CPU would hold two 8 x 16384 x 16384 float32 self-attention tensors, 17 GB)")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="export into DIR and keep the ONNX files (default: a temporary folder per component)")
     a = ap.parse_args()
     cfg = resolve_config(a.config)
     models = {"sd": cfg["ldm"], "sam": cfg["sam"], "clip": cfg["clip"]}
     rows = []
     for name in a.only:
-        with tempfile.TemporaryDirectory() as tmp:
+        with (contextlib.nullcontext(a.keep) if a.keep else tempfile.TemporaryDirectory()) as tmp:
+            Path(tmp).mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", WORKER, SIDES[name], models[SIDES[name]], name, tmp,
                                   str(cfg["sd_image_size"] or 0), "1" if name in a.export_only else "0"],

@@ -5,7 +5,8 @@ the engine (issue 15 section 3), in one process.
   prompt, NCHW ConvTransposes) + the per-mask work in numpy (``generate_masks`` without ``run_masks``);
 * after: today's ``sam_decoder`` graph (``SamDecoderWrapper``) + the ``sam_masks`` engine, host NMS/top-k.
 
-Both run the same grid (``--points-per-side`` 32, ``--batch`` 64 prompts a call) on one random ViT-B/H image
+Both run the same grid (``--points-per-side`` 32; prompts a call: 64 on the old path as it ran, the new path's
+default ``AMG_FULL["batch"]``, or ``--batch B`` on both) on one random ViT-B/H image
 embedding (1 x 256 x 64 x 64; the proposal stage does not depend on the encoder) with the random-weight SAM's
 decoder, the released settings (``AMG_FULL``) or, with ``--relaxed``, every mask kept by the IoU and
 stability filters (the per-mask work at its largest). Runs alternate (before, after, before, ...) so machine
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sam", default="vit_b", help="SAM architecture with random weights (vit_b, vit_h)")
     p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="prompts per decoder call on both paths (equal batches)")
+    p.add_argument("--before-batch", type=int, default=None,
+                   help="prompts per call on the old path (default 64, what it ran with)")
+    p.add_argument("--after-batch", type=int, default=None,
+                   help="prompts per call on the new path (default AMG_FULL's batch, what bundles run with now)")
     p.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="original image size")
     p.add_argument("--repeats", type=int, default=1, help="before/after pairs (medians reported)")
     p.add_argument("--relaxed", action="store_true", help="keep every mask (IoU / stability thresholds off)")
@@ -78,10 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
     from edgeseg.runtime.refdiff_proposals import StderrProgress
     from edgeseg.runtime.sam_auto import generate_masks, preprocess_shape
 
+    batch = {"before": a.before_batch or a.batch or 64, "after": a.after_batch or a.batch or int(AMG_FULL["batch"])}
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="sam-proposals-"))
     work.mkdir(parents=True, exist_ok=True)
-    comps, info = sam_components(a.sam, max_prompts=max(64, a.batch))
+    comps, info = sam_components(a.sam, max_prompts=max(64, *batch.values()))
     new_w, dec_spec = comps[sam_decoder.NAME]
     masks_w, masks_spec = comps[sam_masks.NAME]
     old_w = sam_decoder.SamDecoderReference(new_w).eval()  # same SAM modules, the previous graph
@@ -94,9 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     del comps, new_w, old_w, masks_w  # the torch model is not part of the stage
     gc.collect()
 
-    amg = dict(AMG_FULL, points_per_side=a.points_per_side, batch=a.batch, top_k=10)
+    amg = dict(AMG_FULL, points_per_side=a.points_per_side, top_k=10)
     if a.relaxed:
         amg.update(pred_iou_thresh=-1e9, stability_score_thresh=0.0, min_mask_area=0)
+    amg_before, amg_after = dict(amg, batch=batch["before"]), dict(amg, batch=batch["after"])
     size = int(info["sam_preprocessing"]["img_size"])
     hw = (int(a.size[0]), int(a.size[1]))
     input_hw = preprocess_shape(*hw, size)
@@ -104,12 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     def before():  # sessions are opened per run (not timed) so one path's arena does not sit under the other
         run_old = runner(work / "sam_decoder_before.onnx", a.threads)
-        return lambda: generate_masks(run_old, emb, hw, input_hw, amg, size, progress=StderrProgress("before"))
+        return lambda: generate_masks(run_old, emb, hw, input_hw, amg_before, size, progress=StderrProgress("before"))
 
     def after():
         run_new = runner(work / "sam_decoder.onnx", a.threads)
         run_masks = runner(work / "sam_masks.onnx", a.threads)
-        return lambda: generate_masks(run_new, emb, hw, input_hw, amg, size, run_masks=run_masks,
+        return lambda: generate_masks(run_new, emb, hw, input_hw, amg_after, size, run_masks=run_masks,
                                       max_prompts=max_prompts, progress=StderrProgress("after"))
 
     times: dict[str, list[float]] = {"before": [], "after": []}
@@ -127,12 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
     mb, ma = results["before"][0], results["after"][0]
     ious = [float((x & y).sum() / max((x | y).sum(), 1)) for x, y in zip(mb, ma)]
     med = {k: statistics.median(v) for k, v in times.items()}
-    n_batches = -(-a.points_per_side ** 2 // a.batch)
+    n_batches = {k: -(-a.points_per_side ** 2 // b) for k, b in batch.items()}
     out = {
         "command": "python benchmarks/sam_proposals.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": "SAM automatic-mask proposal stage (decoder over the point grid + per-mask work + NMS/top-k), "
                 "ONNX Runtime CPU, random-weight decoder, random 1x256x64x64 image embedding",
-        "sam": a.sam, "points_per_side": a.points_per_side, "batch": a.batch, "point_batches": n_batches,
+        "sam": a.sam, "points_per_side": a.points_per_side, "batch": batch, "point_batches": n_batches,
         "image_hw": list(hw), "input_hw": list(input_hw), "relaxed_thresholds": a.relaxed,
         "amg": {k: amg[k] for k in ("pred_iou_thresh", "stability_score_thresh", "stability_offset",
                                     "box_nms_thresh", "min_mask_area", "top_k")},

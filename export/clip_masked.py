@@ -295,9 +295,11 @@ def native_range(image_size: tuple[int, int], stride: tuple[int, int],
 
 def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max_proposals: int = 32,
          native_max_side: int | None = None) -> ComponentSpec:
-    """image 1x3xHxW (fixed batch 1), patch_masks / crops with a dynamic ``proposals`` axis in [1, max] (opt 8);
-    the released soft branch's native_image 1 x 3 x height x width and native_masks proposals x grid_h x grid_w
-    over :func:`native_range` (the stride is image_size // grid)."""
+    """image 1x3xHxW (fixed batch 1), patch_masks / crops with dynamic axes ``proposals`` / ``crops`` in [1, max]
+    (opt 8); the released soft branch's native_image 1 x 3 x height x width and native_masks native_proposals x
+    grid_h x grid_w over :func:`native_range` (the stride is image_size // grid). The three branches are
+    independent, so their proposal axes are named apart: the runtime feeds a branch whose output it does not read
+    one proposal instead of N (the released preset reads only native_embeds and clip_hard's embeddings)."""
     if max_proposals < 1:
         raise ValueError(f"max_proposals must be >= 1, got {max_proposals}")
     H, W = image_size
@@ -311,14 +313,14 @@ def spec(image_size: tuple[int, int], grid: tuple[int, int], embed_dim: int, max
         NAME,
         inputs=(TensorSpec("image", "float32", img, img, img, img),
                 dynamic_input("proposals", "patch_masks", (gh, gw), max_proposals, opt_n=opt_n),
-                dynamic_input("proposals", "crops", (3, H, W), max_proposals, opt_n=opt_n),
+                dynamic_input("crops", "crops", (3, H, W), max_proposals, opt_n=opt_n),
                 TensorSpec("native_image", "float32", (1, 3, "height", "width"), (1, 3, *lo), (1, 3, *opt),
                            (1, 3, *hi)),
-                TensorSpec("native_masks", "float32", ("proposals", "grid_h", "grid_w"), (1, *cells[0]),
+                TensorSpec("native_masks", "float32", ("native_proposals", "grid_h", "grid_w"), (1, *cells[0]),
                            (opt_n, *cells[1]), (max_proposals, *cells[2]))),
         outputs=(TensorSpec("masked_embeds", "float32", ("proposals", embed_dim)),
-                 TensorSpec("crop_embeds", "float32", ("proposals", embed_dim)),
-                 TensorSpec("native_embeds", "float32", ("proposals", embed_dim))),
+                 TensorSpec("crop_embeds", "float32", ("crops", embed_dim)),
+                 TensorSpec("native_embeds", "float32", ("native_proposals", embed_dim))),
         description="CLIP image tower scoring N proposals: masked (soft) embeddings of one image, plain "
                     "embeddings of N crops and the released soft branch at the image's native size, L2-normalized",
     )

@@ -18,11 +18,13 @@ from edgeseg.export import sam_decoder, sam_encoder, sam_masks
 from edgeseg.export.spec import ComponentSpec
 
 # Official SamAutomaticMaskGenerator settings (points_per_side 32, IoU 0.88, stability 0.95, NMS 0.7) for the
-# published models; Ref-Diff keeps the 10 largest proposals. Batches of 64 prompts: the decoder returns
-# low-res masks only, so memory stays small (export-notes "SAM automatic-mask grids").
+# published models; Ref-Diff keeps the 10 largest proposals. Batches of 16 prompts (SAM's points_per_batch is
+# 64; the masks do not depend on it), the sam_decoder profile's opt: its N x 4096 x 256 image-side tensors are
+# 67 MB a call instead of 268 MB, and ONNX Runtime CPU runs the ViT-B decoder at 18.7 ms a prompt vs 29.5 at 64
+# (benchmarks/sam_proposals.py; also 4x less activation memory).
 AMG_FULL: dict[str, Any] = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
                             "stability_offset": 1.0, "box_nms_thresh": 0.7, "min_mask_area": 100, "top_k": 10,
-                            "batch": 64}
+                            "batch": 16}
 
 
 def sam_amg_settings(cfg: dict[str, Any]) -> dict[str, Any]:

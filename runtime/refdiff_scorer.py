@@ -20,9 +20,11 @@ resize; position embeddings interpolated in-graph), one class token per proposal
 the masks nearest-downsampled to the H // stride x W // stride patch grid (:func:`released_native_masks`). An
 image outside ``clip_masked``'s ``native_image`` range (manifest min/max, e.g. 32..1344 px per side for a
 224-px ViT-B/16) is refused with a one-line ValueError, never rescaled. Both branches come from one
-``clip_masked`` call: under "resized" the native inputs get their cheapest valid feed (min-size zeros); under
-"released_native" the resized branch still gets its real input (one CLIP pass at 224 px, output not read), so an
-INT8 calibration recorded from the pipeline sees real data on both.
+``clip_masked`` call: under "resized" the native inputs get their cheapest valid feed (min-size zeros, one
+proposal); under "released_native" the resized branch gets the first proposal of each call only (its output is
+not read; real data, so an INT8 calibration recorded from the pipeline sees real data on both). Bundles exported
+before stop 21 share one ``proposals`` axis across the branches (ONNX Runtime warns on mismatched sizes): there
+every branch gets all N proposals of the call, as before.
 
 Hard-branch resize (``hard_resize``): ``"clip_input"`` (the paper preset) squashes each hard-branch crop to CLIP's
 input H x W (``clip_masked``'s ``crops``); ``"shortest_side"`` (the released preset, ``get_cliphard``'s
@@ -33,8 +35,9 @@ for its grid), one call per group of crops of one size. The released code runs C
 profile stops at ``max`` per side (6 x the CLIP size: 1344 px for ViT-B/16, 576 for the toy), so a crop whose
 long side would pass it (an aspect ratio over 6:1) is scaled, aspect kept, so that the long side fits the max
 (:func:`shortest_side_crop`); a crop thinner still than ``max / min`` (42:1 for ViT-B/16) then gets its short side
-raised to ``min`` (2 patches). ``clip_masked``'s ``crops`` still get the squashed crops (its graph computes them
-whatever is read; the INT8 calibration then sees real data there too). A bundle without ``clip_hard`` is refused
+raised to ``min`` (2 patches). ``clip_masked``'s ``crops`` then get the first squashed crop of each call only
+(its graph computes every branch whatever is read; N crops on bundles exported before stop 21, whose branches
+share one proposal axis). A bundle without ``clip_hard`` is refused
 for ``"shortest_side"`` with a one-line ValueError.
 """
 
@@ -142,6 +145,10 @@ class ProposalScorer:
             raise ValueError(f"position_bias {self.options['position_bias']!r} is not one of {BIAS_BRANCHES}")
         spec = self.bundle.spec("clip_masked")
         self._native = "native_image" in {t.name for t in spec.inputs}
+        # bundles exported since stop 21 name the three branches' proposal axes apart (proposals, crops,
+        # native_proposals): a branch whose output is not read then gets one proposal a call, not N
+        axis = {t.name: t.shape[0] for t in spec.inputs}
+        self._apart = {k for k in ("crops", "native_masks") if k in axis and axis[k] != axis["patch_masks"]}
         if self.options["soft_branch"] == "released_native" and not self._native:
             raise ValueError(f"bundle {self.bundle.path} has no native_image input in clip_masked (exported before "
                              f"soft_branch='released_native' existed): re-export it, or pass soft_branch='resized'")
@@ -261,16 +268,21 @@ class ProposalScorer:
         else:
             crops = masked_crops(biased if where in ("hard", "both") else image, masks, self.options["hard_branch"])
         soft, hard = [], []
+        shortest = self.options["hard_resize"] == "shortest_side"
+        apart = len(self._apart) == 2  # every branch's N independent: the unread ones get one proposal
         for s in range(0, len(masks), limit):
-            batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + limit]])
-            feeds = {"image": x, "patch_masks": pm[s:s + limit], "crops": batch}
+            n = min(limit, len(masks) - s)
+            k_crops = 1 if apart and shortest else n  # crop_embeds unread under shortest_side (clip_hard's)
+            k_masks = 1 if apart and nat is not None else n  # masked_embeds unread under released_native
+            batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + k_crops]])
+            feeds = {"image": x, "patch_masks": pm[s:s + k_masks], "crops": batch}
             if self._native:
                 feeds["native_image"], feeds["native_masks"] = \
-                    (nat[0], nat[1][s:s + limit]) if nat is not None else self._unused_native(len(batch))
+                    (nat[0], nat[1][s:s + limit]) if nat is not None else self._unused_native(1 if apart else n)
             out = self.bundle.run("clip_masked", feeds)
             soft.append(out["native_embeds" if nat is not None else "masked_embeds"])
             hard.append(out["crop_embeds"])
-        crop = self.hard_embeddings(crops) if self.options["hard_resize"] == "shortest_side" else np.concatenate(hard)
+        crop = self.hard_embeddings(crops) if shortest else np.concatenate(hard)
         res = ProposalEmbeddings(np.concatenate(soft), crop)
         if memo is not None and key is not None:
             memo[key] = res

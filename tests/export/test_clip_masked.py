@@ -150,11 +150,12 @@ def test_empty_mask_no_nan(model):
 def test_spec_and_example_inputs():
     s = cm.spec((96, 96), (12, 12), 128)
     assert s.name == cm.NAME == "clip_masked"
-    assert s.dynamic_axes() == {"image": {}, "patch_masks": {0: "proposals"}, "crops": {0: "proposals"},
+    # the branches' proposal axes are named apart (the runtime feeds an unread branch one proposal)
+    assert s.dynamic_axes() == {"image": {}, "patch_masks": {0: "proposals"}, "crops": {0: "crops"},
                                 "native_image": {2: "height", 3: "width"},
-                                "native_masks": {0: "proposals", 1: "grid_h", 2: "grid_w"},
-                                "masked_embeds": {0: "proposals"}, "crop_embeds": {0: "proposals"},
-                                "native_embeds": {0: "proposals"}}
+                                "native_masks": {0: "native_proposals", 1: "grid_h", 2: "grid_w"},
+                                "masked_embeds": {0: "proposals"}, "crop_embeds": {0: "crops"},
+                                "native_embeds": {0: "native_proposals"}}
     assert s.inputs[1].max == (32, 12, 12) and s.inputs[1].opt == (8, 12, 12)
     native, nm = s.input("native_image"), s.input("native_masks")
     assert (native.min, native.opt, native.max) == ((1, 3, 16, 16), (1, 3, 96, 96), (1, 3, 576, 576))

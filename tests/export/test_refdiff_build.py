@@ -86,6 +86,17 @@ def test_int8_unet_keeps_attention_matmuls_and_cross_attention_unquantized(refdi
     assert not any("attn2" in n.name for n in quantized)  # the cross-attention read for the maps stays FP32
 
 
+def test_int8_sam_encoder_keeps_its_neck_fp32(refdiff_builds):
+    import onnx
+
+    model = onnx.load(str(refdiff_builds["int8"] / "sam_encoder.onnx"))
+    deq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.name.startswith("/image_encoder/")]
+    neck = [n for n in convs if "/neck/" in n.name]
+    assert len(neck) == 2 and not any(deq.intersection(n.input) for n in neck)  # the embedding's last layers
+    assert any(deq.intersection(n.input) for n in convs if "/blocks." in n.name)  # the ViT blocks stay INT8
+
+
 def test_fp16_unet_keeps_softmax_norms_and_the_attention_output_fp32(refdiff_builds):
     import onnx
 

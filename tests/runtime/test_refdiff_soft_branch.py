@@ -109,3 +109,35 @@ def test_presets_choose_the_soft_branch(refdiff_bundle):
         RefDiffPredictor(refdiff_bundle, cache_dir=None, soft_branch="native")
     with pytest.raises(ValueError, match=r"Ref-Diff option soft_branch='native': must be one of "):
         ProposalScorer(refdiff_bundle, cache_dir=None, soft_branch="native")
+
+
+@pytest.mark.parametrize("options, fed", [
+    ({"soft_branch": "released_native", "hard_resize": "shortest_side"}, {"patch_masks": 1, "crops": 1}),
+    ({"soft_branch": "resized", "hard_resize": "clip_input"}, {"native_masks": 1}),
+    ({"soft_branch": "released_native", "hard_resize": "clip_input"}, {"patch_masks": 1}),
+])
+def test_unread_branches_get_one_proposal_a_call(refdiff_bundle, options, fed):
+    """clip_masked's three branches have their own proposal axes: a branch whose output the options do not read
+    gets one proposal a call (no N wasted CLIP passes), the read ones all N, with the embeddings of N-wide feeds."""
+    scorer = ProposalScorer(refdiff_bundle, cache_dir=None, **options)
+    assert scorer._apart == {"crops", "native_masks"}
+    image, masks = ReferWorld(5)[1].scene.image, _masks(96, 96, 5, seed=2)
+    calls: list[dict[str, int]] = []
+    run = scorer.bundle.run
+
+    def record(name, feeds):
+        if name == "clip_masked":
+            calls.append({k: v.shape[0] for k, v in feeds.items() if k != "image" and k != "native_image"})
+        return run(name, feeds)
+
+    scorer.bundle.run = record
+    try:
+        got = scorer.embed(image, masks)
+        scorer._apart = set()  # as for bundles whose branches share one axis: every branch gets N
+        wide = scorer.embed(image, masks)
+    finally:
+        scorer.bundle.run = run
+    assert calls[0] == {k: fed.get(k, 5) for k in ("patch_masks", "crops", "native_masks")}
+    assert calls[1] == {"patch_masks": 5, "crops": 5, "native_masks": 5}
+    np.testing.assert_allclose(got.masked, wide.masked, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got.crop, wide.crop, atol=1e-6, rtol=0)
