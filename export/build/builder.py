@@ -36,7 +36,8 @@ from edgeseg.runtime.integrity import check_name
 from edgeseg.runtime.manifest import tokenizer_keys
 from edgeseg.runtime.fileio import sha256_file, staged_dir
 
-from edgeseg.export.build.calib_pipeline import PIPELINE_METHODS, drop_spool, estimate_peak, pipeline_spool
+from edgeseg.export.build import calib_pipeline
+from edgeseg.export.build.calib_pipeline import PIPELINE_METHODS, check_fits, drop_spool, estimate_peak, pipeline_spool
 from edgeseg.export.build.external import copy_graph, finalize
 from edgeseg.export.build.lint import TARGETS, lint_file
 from edgeseg.export.build.precision import FP16_POLICY, PRECISIONS, STREAM_THRESHOLD, convert_fp16, recipe_hash
@@ -126,6 +127,7 @@ def _int8_component(name: str, comp: dict, man: dict, source: Bundle, src_file: 
         print(f"calibrating {name}: {len(reader)} pipeline samples, stride {est['stride']}, estimated peak "
               f"{est['peak'] / mb:.0f} MB (weights {est['weights'] / mb:.0f} MB x 3 + {est['stride']} x "
               f"{est['per_sample'] / mb:.1f} MB activations)", flush=True)
+    check_fits(name, est, calib_pipeline.available_memory())  # one line now, not a kill after minutes
     done = quantize_int8(src_file, dst_file, reader, exclude=exclude, external=external, stride=est["stride"])
     return dict(done, calibration_stride=est["stride"], estimated_peak_mb=round(est["peak"] / (1 << 20), 1))
 

@@ -220,6 +220,31 @@ def plan_stride(groups: list[int], per_sample: int, budget: int = ACTIVATION_BUD
     return max(s for s in range(1, most + 1) if g % s == 0)
 
 
+def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or None where the file is missing."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(name: str, est: dict[str, int], available: int | None) -> None:
+    """Refuse (one-line ValueError) to calibrate ``name`` when :func:`estimate_peak`'s ``est`` exceeds the
+    ``available`` bytes: ONNX Runtime's calibrator holds one sample's every intermediate tensor at once, and a
+    process killed for memory after minutes of calibration leaves the user nothing but the kill. Measured: the
+    full-size SD UNet at 512 px (one uncond + cond sample) was estimated at 21.8 GB and killed at 24.2 GB RSS."""
+    if available is None or est["peak"] <= available:
+        return
+    gb = 1 << 30
+    raise ValueError(f"INT8 calibration of {name} needs about {est['peak'] / gb:.1f} GB (weights "
+                     f"{est['weights'] / gb:.1f} GB x 3 + {est['stride']} x {est['per_sample'] / gb:.1f} GB of "
+                     f"activations a sample), more than the {available / gb:.1f} GB available: build on a machine "
+                     f"with more memory, or build --precision fp16 (no calibration)")
+
+
 def estimate_peak(path: str | Path, reader: SpoolReader, budget: int = ACTIVATION_BUDGET) -> dict[str, int]:
     """{"weights", "per_sample", "stride", "peak"} in bytes for calibrating ``path`` on ``reader``'s feeds:
     the model is held about three times (source, augmented copy, session) plus one stride of activations."""

@@ -120,3 +120,26 @@ def test_the_runtime_runs_the_built_bundles(refdiff_builds, refdiff_bundle, prec
     res = pred.segment(sample.scene.image, sample.expression.text)
     assert res.mask.shape == sample.scene.image.shape[:2] and res.mask.any()
     assert np.isfinite(res.attention).all() and np.isfinite(res.scores["total"]).all()
+
+
+def test_calibration_that_cannot_fit_is_refused_in_one_line_and_writes_nothing(refdiff_bundle, tmp_path, monkeypatch):
+    from edgeseg.export.build import calib_pipeline
+    from edgeseg.export.build.builder import build_bundle
+    from edgeseg.errors import user_message
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    1048576 kB\n")
+    assert calib_pipeline.available_memory(meminfo) == 1 << 30
+    assert calib_pipeline.available_memory(tmp_path / "missing") is None
+    est = {"weights": 3 << 30, "per_sample": 12 << 30, "stride": 1, "peak": 21 << 30}
+    calib_pipeline.check_fits("unet_attn", est, None)  # unknown: no refusal
+    calib_pipeline.check_fits("unet_attn", est, 22 << 30)
+    monkeypatch.setattr(calib_pipeline, "available_memory", lambda: 1024)  # 1 KiB: nothing fits
+    out = tmp_path / "int8"
+    with pytest.raises(ValueError) as err:
+        build_bundle(refdiff_bundle, "int8", out=out, calib_n=1, progress=False)
+    msg = user_message(err.value)
+    assert msg is not None and msg.startswith("INT8 calibration of sd_text needs about ")
+    assert msg.endswith("GB of activations a sample), more than the 0.0 GB available: build on a machine with "
+                        "more memory, or build --precision fp16 (no calibration)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meminfo"]  # no bundle, no staging folder left
