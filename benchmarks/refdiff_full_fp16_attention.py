@@ -54,10 +54,12 @@ print(json.dumps({"load_s": round(t1 - t0, 1), "run_s": runs,
 def _stats(a, b) -> dict:
     import numpy as np
 
+    from edgeseg.export.verify import compare
+
     x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     corr = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float(np.array_equal(x, y))
-    cos = float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
-    return {"pearson": corr, "cosine": cos, "max_abs": float(np.abs(x - y).max()), "shape": list(a.shape)}
+    max_abs, cos = compare(a, b)
+    return {"pearson": corr, "cosine": cos, "max_abs": max_abs, "shape": list(a.shape)}
 
 
 def _run(model: Path, feeds: Path, out: Path) -> dict:

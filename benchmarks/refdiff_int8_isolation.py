@@ -111,12 +111,11 @@ def _output_cosines(fp32, name: str, session, batches: tuple[int, ...] = (1, 3))
     """Per output cosine of ``session`` against the FP32 bundle's on the example inputs ``edgeseg verify`` uses
     (seed = batch, batches clamped to the profile)."""
     from edgeseg.export.bundle import example_inputs
-    from edgeseg.export.verify import compare
+    from edgeseg.export.verify import compare, parity_batches
 
     spec = fp32.spec(name)
-    bound = min((t.max[0] for t in spec.inputs if t.max and isinstance(t.shape[0], str)), default=max(batches))
     out = {}
-    for b in sorted({min(b, bound) for b in batches}):
+    for b in parity_batches(spec, batches):
         feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, example_inputs(name, spec, "opt", batch=b, seed=b))}
         want, got = fp32.run(name, feeds), session.run(feeds)
         out.update({f"{k}@{b}": round(compare(want[k], got[k])[1], 5) for k in want})
@@ -139,8 +138,9 @@ def requantize_study(args) -> int:
     import shutil
     import tempfile
 
-    from edgeseg.export.build.calib_pipeline import drop_spool, estimate_peak, pipeline_spool
-    from edgeseg.export.build.quantize import calibration_set, quantize_int8, quantizable_nodes, INT8_POLICY
+    from edgeseg.export.build.builder import _int8_component
+    from edgeseg.export.build.calib_pipeline import drop_spool, pipeline_spool
+    from edgeseg.export.build.quantize import calibration_set
     from edgeseg.runtime.bundle import Bundle
     from edgeseg.runtime.fileio import atomic_write_bytes
     from edgeseg.runtime.refdiff import RefDiffPredictor
@@ -162,16 +162,17 @@ def requantize_study(args) -> int:
         for label, extra in variants.items():
             t = time.perf_counter()
             dst = tmp / f"{name}-{label}.onnx"
-            reader = spool.reader(name)
-            done = quantize_int8(src, dst, reader, exclude=own + extra, stride=estimate_peak(src, reader)["stride"])
+            done = _int8_component(name, fp32.component(name), fp32.manifest, fp32, src, dst, None, spool,
+                                   own + extra, external=False, progress=False)  # the build's own path
             sessions[label] = open_session("ort-cpu", dst, fp32.entry(name))
-            quant, excluded = quantizable_nodes(src, INT8_POLICY, own + extra)
-            facts[label] = {"exclude": list(own + extra), "quantized_nodes": len(quant),
-                            "excluded_nodes": len(excluded), "calibration_samples": done.get("calibration_samples"),
+            facts[label] = {"exclude": list(own + extra), "quantized_nodes": done["quantized_nodes"],
+                            "excluded_nodes": len(done["excluded_nodes"]),
+                            "calibration_samples": done.get("calibration_samples"),
                             "quantize_s": round(time.perf_counter() - t, 1),
                             "cosine": _output_cosines(fp32, name, sessions[label])}
-            print(f"quantized {name} [{label}]: {len(quant)} nodes INT8, {len(excluded)} kept FP32; cosine vs FP32 "
-                  f"{facts[label]['cosine']}", file=sys.stderr, flush=True)
+            print(f"quantized {name} [{label}]: {facts[label]['quantized_nodes']} nodes INT8, "
+                  f"{facts[label]['excluded_nodes']} kept FP32; cosine vs FP32 {facts[label]['cosine']}",
+                  file=sys.stderr, flush=True)
     finally:
         drop_spool(spool)
         shutil.rmtree(tmp, ignore_errors=True)  # the sessions hold their graphs

@@ -35,6 +35,13 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(np.abs(a64 - b64).max()), cos
 
 
+def parity_batches(spec, batches: tuple[int, ...] = (1, 3)) -> list[int]:
+    """``batches`` clamped to the largest leading-axis size the manifest ``spec`` admits, sorted, no repeats (a
+    component whose profile stops at 2 runs 1 and 2)."""
+    bound = min((t.max[0] for t in spec.inputs if t.max and isinstance(t.shape[0], str)), default=max(batches))
+    return sorted({min(b, bound) for b in batches})
+
+
 def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path | None = None, atol: float = 1e-3,
                   min_cosine: float | None = None, batches: tuple[int, ...] = (1, 3)) -> list[ParityRow]:
     """Run each component in PyTorch and in the bundle on the same inputs at several batch sizes (each clamped to
@@ -51,9 +58,7 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path | None = None, 
     for name, (wrapper, spec) in comps.items():
         if name not in bundle.components:
             continue
-        bound = min((t.max[0] for t in bundle.spec(name).inputs if t.max and isinstance(t.shape[0], str)),
-                    default=max(batches))
-        for b in sorted({min(b, bound) for b in batches}):
+        for b in parity_batches(bundle.spec(name), batches):
             inputs = example_inputs(name, spec, "opt", batch=b, seed=b)
             with torch.no_grad():
                 ref = wrapper.eval()(*inputs)

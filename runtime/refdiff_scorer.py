@@ -148,7 +148,7 @@ class ProposalScorer:
         # bundles exported since stop 21 name the three branches' proposal axes apart (proposals, crops,
         # native_proposals): a branch whose output is not read then gets one proposal a call, not N
         axis = {t.name: t.shape[0] for t in spec.inputs}
-        self._apart = {k for k in ("crops", "native_masks") if k in axis and axis[k] != axis["patch_masks"]}
+        self._apart = all(k in axis and axis[k] != axis["patch_masks"] for k in ("crops", "native_masks"))
         if self.options["soft_branch"] == "released_native" and not self._native:
             raise ValueError(f"bundle {self.bundle.path} has no native_image input in clip_masked (exported before "
                              f"soft_branch='released_native' existed): re-export it, or pass soft_branch='resized'")
@@ -269,16 +269,15 @@ class ProposalScorer:
             crops = masked_crops(biased if where in ("hard", "both") else image, masks, self.options["hard_branch"])
         soft, hard = [], []
         shortest = self.options["hard_resize"] == "shortest_side"
-        apart = len(self._apart) == 2  # every branch's N independent: the unread ones get one proposal
         for s in range(0, len(masks), limit):
             n = min(limit, len(masks) - s)
-            k_crops = 1 if apart and shortest else n  # crop_embeds unread under shortest_side (clip_hard's)
-            k_masks = 1 if apart and nat is not None else n  # masked_embeds unread under released_native
+            k_crops = 1 if self._apart and shortest else n  # crop_embeds unread under shortest_side (clip_hard's)
+            k_masks = 1 if self._apart and nat is not None else n  # masked_embeds unread under released_native
             batch = np.concatenate([preprocess(c, prep) for c in crops[s:s + k_crops]])
             feeds = {"image": x, "patch_masks": pm[s:s + k_masks], "crops": batch}
             if self._native:
                 feeds["native_image"], feeds["native_masks"] = \
-                    (nat[0], nat[1][s:s + limit]) if nat is not None else self._unused_native(1 if apart else n)
+                    (nat[0], nat[1][s:s + limit]) if nat is not None else self._unused_native(1 if self._apart else n)
             out = self.bundle.run("clip_masked", feeds)
             soft.append(out["native_embeds" if nat is not None else "masked_embeds"])
             hard.append(out["crop_embeds"])

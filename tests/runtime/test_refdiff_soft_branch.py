@@ -120,7 +120,7 @@ def test_unread_branches_get_one_proposal_a_call(refdiff_bundle, options, fed):
     """clip_masked's three branches have their own proposal axes: a branch whose output the options do not read
     gets one proposal a call (no N wasted CLIP passes), the read ones all N, with the embeddings of N-wide feeds."""
     scorer = ProposalScorer(refdiff_bundle, cache_dir=None, **options)
-    assert scorer._apart == {"crops", "native_masks"}
+    assert scorer._apart is True  # every branch's proposal axis named apart
     image, masks = ReferWorld(5)[1].scene.image, _masks(96, 96, 5, seed=2)
     calls: list[dict[str, int]] = []
     run = scorer.bundle.run
@@ -133,7 +133,7 @@ def test_unread_branches_get_one_proposal_a_call(refdiff_bundle, options, fed):
     scorer.bundle.run = record
     try:
         got = scorer.embed(image, masks)
-        scorer._apart = set()  # as for bundles whose branches share one axis: every branch gets N
+        scorer._apart = False  # as for bundles whose branches share one axis: every branch gets N
         wide = scorer.embed(image, masks)
     finally:
         scorer.bundle.run = run
