@@ -20,8 +20,9 @@ from edgeseg.export.spec import ComponentSpec
 # Official SamAutomaticMaskGenerator settings (points_per_side 32, IoU 0.88, stability 0.95, NMS 0.7) for the
 # published models; Ref-Diff keeps the 10 largest proposals. Batches of 16 prompts (SAM's points_per_batch is
 # 64; the masks do not depend on it), the sam_decoder profile's opt: its N x 4096 x 256 image-side tensors are
-# 67 MB a call instead of 268 MB, and ONNX Runtime CPU runs the ViT-B decoder at 18.7 ms a prompt vs 29.5 at 64
-# (benchmarks/sam_proposals.py; also 4x less activation memory).
+# 67 MB a call instead of 268 MB (4x less activation memory), and the ViT-B proposal stage on ONNX Runtime CPU
+# takes 19.2 s for the 32 x 32 grid vs 22.4 s at 64 (benchmarks/sam_proposals.py runs, README "SAM automatic
+# masks in the engine").
 AMG_FULL: dict[str, Any] = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
                             "stability_offset": 1.0, "box_nms_thresh": 0.7, "min_mask_area": 100, "top_k": 10,
                             "batch": 16}
