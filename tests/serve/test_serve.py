@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -107,9 +108,14 @@ def test_sixteen_concurrent_clients_are_batched_and_all_correct(server, predicto
     for t in threads:
         t.join(120)
     assert not errors and not wrong
-    after = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    requests = metric(after, "nv_inference_request_success", "lseg") - metric(before, "nv_inference_request_success",
-                                                                               "lseg")
+    deadline = time.monotonic() + 10  # Triton publishes its counters periodically: wait for the last requests
+    while True:
+        after = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        requests = (metric(after, "nv_inference_request_success", "lseg")
+                    - metric(before, "nv_inference_request_success", "lseg"))
+        if requests >= 64 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     executions = metric(after, "nv_inference_exec_count", "lseg") - metric(before, "nv_inference_exec_count", "lseg")
     assert requests == 64
     assert executions < requests, f"no batching: {executions} executions for {requests} requests"
