@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/clip-masked-released-feeds.json")
     a = ap.parse_args(argv)
+    if not Path(a.model).is_file():
+        ap.error(f"{a.model} is not a file: export it first (the refdiff_full_export.py command in this "
+                 f"script's docstring)")
 
     import onnxruntime as ort
 

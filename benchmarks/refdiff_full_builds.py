@@ -2,7 +2,7 @@
 ``edgeseg build --precision fp16|int8`` with the pipeline-recorded calibration, each in its own process with its
 peak resident memory and wall time, and the lint summary the build writes into its manifest.
 
-    python benchmarks/refdiff_full_builds.py [--work /data/edgeseg-full] [--calib-n 8]
+    python benchmarks/refdiff_full_builds.py [--work /data/edgeseg-full] [--calib-n 2]
         [--out benchmarks/results/refdiff-full-builds.json]
 
 Needs ~30 GB of disk; the FP16 build converts the 3.4 GB UNet tensor by tensor (``precision._convert_streaming``).
@@ -30,7 +30,8 @@ def run(args: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/edgeseg-full")
-    ap.add_argument("--calib-n", type=int, default=8)
+    ap.add_argument("--calib-n", type=int, default=2, help="calibration photos (~4 min each through the FP32 "
+                    "pipeline at full size on 2 cores)")
     ap.add_argument("--out", default="benchmarks/results/refdiff-full-builds.json")
     a = ap.parse_args()
     src = Path(a.work) / "refdiff_full"

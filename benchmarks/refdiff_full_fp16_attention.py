@@ -3,6 +3,10 @@ weights, out of CI.
 
     python benchmarks/refdiff_full_fp16_attention.py [--config full-vit-b] [--work /tmp/edgeseg-fp16attn]
         [--timesteps 981 741 501] [--out benchmarks/results/refdiff-full-fp16-attention.json]
+    python benchmarks/refdiff_full_fp16_attention.py --fp32 FULL/unet_attn.onnx \
+        --other FULL_int8/unet_attn.onnx --label int8 --out benchmarks/results/refdiff-full-int8-attention.json
+
+The second form compares a built graph (the full-size INT8 bundle's UNet) with the FP32 bundle's, no export.
 
 1. ``unet_attn`` of the config (SD 1.5 UNet at the config's image size, 512 px: 64 x 64 latents, with the
    ``attn`` map and the released ``attn_logits``) exported by ``refdiff_full_export.py --keep`` (skipped when the
@@ -76,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timesteps", type=int, nargs="+", default=[981, 741, 501])
     ap.add_argument("--bar", type=float, default=0.99, help="correlation bar of the attention maps")
     ap.add_argument("--out", default="benchmarks/results/refdiff-full-fp16-attention.json")
+    ap.add_argument("--fp32", default=None, help="an FP32 unet_attn.onnx to use instead of exporting one")
+    ap.add_argument("--other", default=None, help="a built unet_attn.onnx to compare instead of converting to FP16")
+    ap.add_argument("--label", default="fp16", help="name of the compared graph in the JSON")
     a = ap.parse_args(argv)
+    for given in (a.fp32, a.other):
+        if given and not Path(given).is_file():
+            ap.error(f"{given} is not a file")
 
     import numpy as np
 
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    fp32, fp16 = work / "unet_attn.onnx", work / "fp16" / "unet_attn.onnx"
+    fp32 = Path(a.fp32) if a.fp32 else work / "unet_attn.onnx"
+    fp16 = Path(a.other) if a.other else work / "fp16" / "unet_attn.onnx"
     steps: dict = {}
     if not fp32.is_file():
         t = time.perf_counter()
@@ -119,18 +130,19 @@ def main(argv: list[str] | None = None) -> int:
              encoder_hidden_states=rng.standard_normal([1, *shapes["encoder_hidden_states"][1:]]).astype(np.float32),
              timestep=np.array(a.timesteps, np.float32))
     runs = {}
-    for label, model in (("fp32", fp32), ("fp16", fp16)):
+    for label, model in (("fp32", fp32), (a.label, fp16)):
         runs[label] = _run(model, feeds, work / f"out-{label}.npz")
         print(f"{label}: {runs[label]}", file=sys.stderr, flush=True)
-    with np.load(work / "out-fp32.npz") as r32, np.load(work / "out-fp16.npz") as r16:
+    with np.load(work / "out-fp32.npz") as r32, np.load(work / f"out-{a.label}.npz") as r16:
         rows = {k: _stats(r32[k], r16[k]) for k in r32.files}
     attn = [v["pearson"] for k, v in rows.items() if k.split("@")[0] in fp32_outputs]
-    weights = {p.name: p.stat().st_size for p in sorted(fp16.parent.iterdir())}
+    weights = {p.name: p.stat().st_size for p in sorted(fp16.parent.glob(fp16.name + "*"))}
     doc = {"command": "python benchmarks/refdiff_full_fp16_attention.py " + " ".join(argv or sys.argv[1:]),
            "config": a.config, "weights": "random (seeded)", "reference": "the FP32 ONNX graph (ONNX Runtime CPU)",
            "inputs": {"batch": 1, "timesteps": a.timesteps, "sample": shapes["sample"],
                       "encoder_hidden_states": shapes["encoder_hidden_states"]},
-           "fp32_outputs_kept": list(fp32_outputs), "fp16_files": weights, "steps": steps, "runs": runs,
+           "fp32_outputs_kept": list(fp32_outputs), "compared": a.label, "compared_graph": str(fp16),
+           "compared_files": weights, "steps": steps, "runs": runs,
            "outputs": rows, "bar": a.bar, "attention_min_pearson": min(attn), "ok": min(attn) >= a.bar,
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_bytes(Path(a.out), (json.dumps(doc, indent=1) + "\n").encode())

@@ -15,7 +15,9 @@ writes only under names it chooses inside its staging folder: ``<component>.onnx
 
 INT8 calibration: a method of ``calib_pipeline.PIPELINE_METHODS`` (Ref-Diff) is calibrated on the feeds its
 own FP32 runtime pipeline gives each component (recorded, spooled to disk, streamed back in strides, with the
-estimated peak printed per component); other methods on feeds chosen by input names (``quantize.component_feeds``).
+estimated peak printed per component; a component whose one sample's activations exceed the budget, the
+full-size SD UNet, is calibrated in graph chunks by ``calib_chunked.ChunkedCalibrator``); other methods on feeds
+chosen by input names (``quantize.component_feeds``).
 
 Torch-free (onnx + onnxruntime + the runtime), so it also runs on the target device. Two workflows for
 TensorRT: build FP16/INT8 ONNX and engines in one go on the device, or convert on a workstation and pass the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from edgeseg.runtime.backends import BACKENDS, resolve_backend
@@ -115,21 +118,41 @@ def build_bundle(src: str | Path, precision: str = "fp16", backend: str = "ort-c
 
 def _int8_component(name: str, comp: dict, man: dict, source: Bundle, src_file: Path, dst_file: Path, calib,
                     spool, exclude: tuple[str, ...], external: bool, progress: bool) -> dict:
-    """Quantize one component: from the pipeline spool (streamed in strides, estimated peak printed) when
-    the pipeline ran it, else from feeds chosen by its input names."""
+    """Quantize one component: from the pipeline spool (estimated peak printed; streamed in strides, or in
+    graph chunks when one sample's activations exceed ``calib_pipeline.ACTIVATION_BUDGET``) when the pipeline
+    ran it, else from feeds chosen by its input names."""
     if spool is None or not spool.files(name):
         return quantize_int8(src_file, dst_file, component_feeds(comp, man, source.path, calib), exclude=exclude,
                              external=external)
     reader = spool.reader(name)
-    est = estimate_peak(src_file, reader)
+    est = estimate_peak(src_file, reader, budget=calib_pipeline.ACTIVATION_BUDGET)
+    mb = 1 << 20
     if progress:
-        mb = 1 << 20
-        print(f"calibrating {name}: {len(reader)} pipeline samples, stride {est['stride']}, estimated peak "
-              f"{est['peak'] / mb:.0f} MB (weights {est['weights'] / mb:.0f} MB x 3 + {est['stride']} x "
-              f"{est['per_sample'] / mb:.1f} MB activations)", flush=True)
+        how = "in chunks" if est["chunked"] else f"stride {est['stride']}"
+        print(f"calibrating {name}: {len(reader)} pipeline samples, {how}, estimated peak {est['peak'] / mb:.0f} MB "
+              f"({calib_pipeline.describe(est)})", flush=True)
     check_fits(name, est, calib_pipeline.available_memory())  # one line now, not a kill after minutes
-    done = quantize_int8(src_file, dst_file, reader, exclude=exclude, external=external, stride=est["stride"])
-    return dict(done, calibration_stride=est["stride"], estimated_peak_mb=round(est["peak"] / (1 << 20), 1))
+    info = {"calibration_stride": est["stride"], "estimated_peak_mb": round(est["peak"] / mb, 1)}
+    if not est["chunked"]:
+        return dict(quantize_int8(src_file, dst_file, reader, exclude=exclude, external=external,
+                                  stride=est["stride"]), **info)
+    from tqdm import tqdm
+
+    from edgeseg.export.build.calib_chunked import ChunkedCalibrator
+
+    cal = ChunkedCalibrator(src_file, INT8_POLICY.op_types, next(iter(reader)), est["budget"],
+                            method=INT8_POLICY.calibrate_method)
+    try:
+        for feeds in tqdm(reader, total=len(reader), desc=f"calibrating {name} ({len(cal.chunks)} chunks)",
+                          disable=not progress):
+            cal.collect(feeds)
+        with tempfile.TemporaryDirectory(prefix="edgeseg-ranges-") as tmp:
+            ranges = cal.save(Path(tmp) / "ranges.json")
+            cal.close()  # the chunks' weights go before onnxruntime loads the whole model to quantize it
+            done = quantize_int8(src_file, dst_file, reader, exclude=exclude, external=external, ranges=ranges)
+    finally:
+        cal.close()
+    return dict(done, calibration_samples=cal.samples, calibration_chunks=len(cal.chunks), **info)
 
 
 def _build(source: Bundle, man: dict, precision: str, backend: str, out: Path, convert: bool, have: str, calib,

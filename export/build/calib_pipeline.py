@@ -180,30 +180,14 @@ def activation_bytes(path: str | Path, feeds: dict[str, np.ndarray]) -> int:
     """Estimated bytes of every float tensor of one run of the graph at ``path`` on ``feeds`` (shape inference
     on the graph without its weights; unknown dims counted as the feed's first dim). An upper bound of what
     ONNX Runtime's calibrator keeps per sample."""
-    import onnx
+    from edgeseg.export.build.calib_chunked import tensor_sizes
 
-    model = onnx.load(str(path), load_external_data=False)
-    for inp in model.graph.input:
-        if inp.name in feeds:
-            for d, n in zip(inp.type.tensor_type.shape.dim, feeds[inp.name].shape):
-                d.ClearField("dim_param")
-                d.dim_value = int(n)
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        model, sizes = tensor_sizes(path, feeds)
     except Exception:  # noqa: BLE001 - an estimate only: fall back to the feed sizes
         return sum(int(v.nbytes) for v in feeds.values()) * 64
-    first = max((int(v.shape[0]) for v in feeds.values() if v.ndim), default=1)
-    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2}
-    total = 0
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.elem_type not in sizes:
-            continue
-        n = 1
-        for d in t.shape.dim:
-            n *= d.dim_value if d.dim_value > 0 else first
-        total += n * sizes[t.elem_type]
-    return total
+    inputs = {i.name for i in model.graph.input}
+    return sum(n for t, n in sizes.items() if t not in inputs)
 
 
 def weight_bytes(path: str | Path) -> int:
@@ -232,26 +216,42 @@ def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
     return None
 
 
+def describe(est: dict[str, int]) -> str:
+    """What :func:`estimate_peak`'s figure is made of, in words."""
+    gb = 1 << 30
+    if est.get("chunked"):
+        return (f"weights {est['weights'] / gb:.1f} GB x 3 while quantizing; {est['per_sample'] / gb:.1f} GB of "
+                f"activations a sample, calibrated in chunks of <= {est['budget'] / gb:.1f} GB")
+    return (f"weights {est['weights'] / gb:.1f} GB x 3 + {est['stride']} x {est['per_sample'] / gb:.1f} GB of "
+            f"activations a sample")
+
+
 def check_fits(name: str, est: dict[str, int], available: int | None) -> None:
     """Refuse (one-line ValueError) to calibrate ``name`` when :func:`estimate_peak`'s ``est`` exceeds the
-    ``available`` bytes: ONNX Runtime's calibrator holds one sample's every intermediate tensor at once, and a
-    process killed for memory after minutes of calibration leaves the user nothing but the kill. Measured: the
-    full-size SD UNet at 512 px (one uncond + cond sample) was estimated at 21.8 GB and killed at 24.2 GB RSS, so
-    the estimate may fall short by >= 11 %: it must fit in :data:`FIT_SHARE` of what is available."""
+    ``available`` bytes: a process killed for memory after minutes of calibration leaves the user nothing but
+    the kill. Measured: the full-size SD UNet at 512 px (one uncond + cond sample), calibrated whole, was
+    estimated at 21.8 GB and killed at 24.2 GB RSS, so the estimate may fall short by >= 11 %: it must fit in
+    :data:`FIT_SHARE` of what is available."""
     if available is None or est["peak"] <= FIT_SHARE * available:
         return
     gb = 1 << 30
-    raise ValueError(f"INT8 calibration of {name} needs about {est['peak'] / gb:.1f} GB (weights "
-                     f"{est['weights'] / gb:.1f} GB x 3 + {est['stride']} x {est['per_sample'] / gb:.1f} GB of "
-                     f"activations a sample), more than {FIT_SHARE:.0%} of the {available / gb:.1f} GB available: "
-                     f"build on a machine with more memory, or build --precision fp16 (no calibration)")
+    raise ValueError(f"INT8 calibration of {name} needs about {est['peak'] / gb:.1f} GB ({describe(est)}), "
+                     f"more than {FIT_SHARE:.0%} of the {available / gb:.1f} GB available: build on a machine "
+                     f"with more memory, or build --precision fp16 (no calibration)")
 
 
 def estimate_peak(path: str | Path, reader: SpoolReader, budget: int = ACTIVATION_BUDGET) -> dict[str, int]:
-    """{"weights", "per_sample", "stride", "peak"} in bytes for calibrating ``path`` on ``reader``'s feeds:
-    the model is held about three times (source, augmented copy, session) plus one stride of activations."""
+    """{"weights", "per_sample", "stride", "peak", "chunked", "budget"} in bytes for calibrating ``path`` on
+    ``reader``'s feeds. Whole graph (one sample's activations fit ``budget``): the model is held about three
+    times (source, augmented copy, session) plus one stride of activations. Else chunked
+    (:mod:`.calib_chunked`): the weights once plus a chunk and the tensors kept across chunks (<= 2 budgets)
+    while calibrating, the model about three times while onnxruntime quantizes it."""
     first = next(iter(reader), None)
     per = activation_bytes(path, first) if first is not None else 0
-    stride = plan_stride(reader.groups, per, budget)
     weights = weight_bytes(path)
-    return {"weights": weights, "per_sample": per, "stride": stride, "peak": 3 * weights + stride * per}
+    if per > budget:
+        return {"weights": weights, "per_sample": per, "stride": 1, "chunked": True, "budget": budget,
+                "peak": max(weights + 2 * budget, 3 * weights)}
+    stride = plan_stride(reader.groups, per, budget)
+    return {"weights": weights, "per_sample": per, "stride": stride, "chunked": False, "budget": budget,
+            "peak": 3 * weights + stride * per}

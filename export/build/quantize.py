@@ -198,11 +198,12 @@ class _DropPreprocessHint(logging.Filter):
 
 def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np.ndarray]],
                   policy: Int8Policy = INT8_POLICY, exclude: tuple[str, ...] = (), external: bool = False,
-                  stride: int | None = None) -> dict:
+                  stride: int | None = None, ranges: str | Path | None = None) -> dict:
     """FP32 ONNX -> Q/DQ INT8 ONNX calibrated on ``feeds``. Returns what was done, for the manifest.
     ``external``: write the weights to ``<dst>.data`` (a source with external data). ``stride``: with a
     :class:`~.calib_pipeline.SpoolReader` as ``feeds``, collect that many samples at a time (bounded memory;
-    also lets samples differ in their dynamic dims)."""
+    also lets samples differ in their dynamic dims). ``ranges``: an onnxruntime calibration cache already
+    collected from ``feeds`` (:class:`~.calib_chunked.ChunkedCalibrator`); onnxruntime then runs no calibration."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -220,30 +221,34 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
             self.count += item is not None
             return item
 
-    reader = feeds if stride else _Reader()
+    reader = feeds if stride or ranges else _Reader()
     methods = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy,
                "Percentile": CalibrationMethod.Percentile}
     if policy.calibrate_method not in methods:
         raise ValueError(f"unknown calibrate_method {policy.calibrate_method!r}; choose one of {sorted(methods)}")
     hint = _DropPreprocessHint()  # ORT suggests quant_pre_process, which fails on our TorchScript exports
     logging.getLogger().addFilter(hint)
-    quiet = contextlib.redirect_stdout(io.StringIO()) if stride else contextlib.nullcontext()  # per-stride prints
+    quiet = contextlib.redirect_stdout(io.StringIO()) if stride or ranges else contextlib.nullcontext()
     try:
         with quiet:
             quantize_static(
-                str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                str(src), str(dst), None if ranges else reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8, per_channel=policy.per_channel,
                 reduce_range=policy.resolved_reduce_range(),
                 op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
                 calibrate_method=methods[policy.calibrate_method], use_external_data_format=external,
                 extra_options={"ActivationSymmetric": policy.symmetric, "WeightSymmetric": policy.symmetric,
                                "QuantizeBias": False,  # int32 bias Q/DQ: TensorRT dequantizes int8/fp8/int4 only
-                               **({"CalibStridedMinMax": stride} if stride else {})})
+                               **({"CalibStridedMinMax": stride} if stride and not ranges else {})},
+                **({"calibration_cache_path": str(ranges)} if ranges else {}))
     finally:
         logging.getLogger().removeFilter(hint)
+    done = {"quantized_nodes": len(quantize), "excluded_nodes": excluded}
+    if ranges:  # the caller collected them and knows its sample count
+        return done
     if reader.count == 0:
         raise ValueError(f"calibration of {Path(src).name} saw no samples")
-    return {"quantized_nodes": len(quantize), "excluded_nodes": excluded, "calibration_samples": reader.count}
+    return dict(done, calibration_samples=reader.count)
 
 
 def quantize_int8_dynamic(src: str | Path, dst: str | Path, policy: Int8Policy = INT8_DYNAMIC_POLICY,
