@@ -108,7 +108,7 @@ class ChunkedCalibrator:
         import onnx
 
         self.path = Path(path)
-        model, self.sizes = tensor_sizes(self.path, feeds)
+        model, sizes = tensor_sizes(self.path, feeds)
         graph = model.graph
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node
                for a in n.attribute):
@@ -116,9 +116,9 @@ class ChunkedCalibrator:
                              f"cuts flat graphs only: calibrate it on a machine with more memory")
         self.method = method
         self.targets = calibration_tensors(graph, op_types)
-        self.plan = plan_chunks(list(graph.node), self.sizes, budget)
-        self.per_sample = sum(self.sizes.get(o, 0) for n in graph.node for o in n.output)
+        self.plan = plan_chunks(list(graph.node), sizes, budget)
         self.chunks = self._cut(model)
+        self._last = {t: k for k, c in enumerate(self.chunks) for t in c.inputs}  # tensor -> last chunk reading it
         self.collector = None
         self.samples = 0
 
@@ -128,7 +128,6 @@ class ChunkedCalibrator:
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
         vinfo = {vi.name: vi for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
-        producer = {o: k for k, idx in enumerate(self.plan) for i in idx for o in graph.node[i].output}
         readers: dict[str, set[int]] = {}  # tensor -> chunks reading it
         for k, idx in enumerate(self.plan):
             for i in idx:
@@ -202,11 +201,7 @@ class ChunkedCalibrator:
 
         self._sessions()
         collector = self._collector()
-        env = dict(feeds)
-        last = {}  # tensor -> last chunk reading it
-        for k, c in enumerate(self.chunks):
-            for t in c.inputs:
-                last[t] = k
+        env, last = dict(feeds), self._last
         with contextlib.redirect_stdout(io.StringIO()):  # the collector prints per call
             for t, v in feeds.items():
                 if t in self.targets and v.dtype.kind == "f":

@@ -232,8 +232,8 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterator[dict[str, np
     try:
         with quiet:
             quantize_static(
-                str(src), str(dst), None if ranges else reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8, per_channel=policy.per_channel,
+                str(src), str(dst), None if ranges else reader, quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=policy.per_channel,
                 reduce_range=policy.resolved_reduce_range(),
                 op_types_to_quantize=list(policy.op_types), nodes_to_exclude=excluded,
                 calibrate_method=methods[policy.calibrate_method], use_external_data_format=external,
